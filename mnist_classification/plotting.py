@@ -1,0 +1,232 @@
+"""Figures for the evaluate stage, written as small, byte-reproducible PNGs.
+
+Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas
+directly: no pyplot, no global figure state, no GUI backend. PNGs are written
+atomically without the "Software" metadata chunk (the only metadata matplotlib
+stamps into a PNG), so identical inputs give byte-identical files and DVC sees
+no spurious change.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .atomic import atomic_open
+from .errors import PipelineError
+
+DPI = 100
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
+_TRAIN_COLOUR = "tab:blue"
+_VAL_COLOUR = "tab:orange"
+
+
+# --------------------------------------------------------------------------- history
+
+def read_history(path: str | os.PathLike) -> list[dict]:
+    """Read the train stage's ``plots/history.csv``: one dict per epoch.
+
+    ``epoch`` is an int, every other column a float (NaN and inf are kept so a
+    diverged run still plots). Raises PipelineError if the file is missing,
+    unreadable, lacks a required column, has no rows or holds a non-number.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            missing = [column for column in HISTORY_COLUMNS if column not in header]
+            if missing:
+                raise PipelineError(
+                    f"{path} is not a training history: missing column(s) {', '.join(missing)} "
+                    f"(expected header {','.join(HISTORY_COLUMNS)}); re-run the train stage"
+                )
+            rows = [_history_row(path, line, record) for line, record in enumerate(reader, start=2)]
+    except FileNotFoundError:
+        raise PipelineError(f"training history {path} not found; run the train stage first "
+                            f"(`dvc repro train`)") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise PipelineError(f"cannot read training history {path}: {exc}") from None
+    if not rows:
+        raise PipelineError(f"training history {path} has a header but no epochs; re-run the train stage")
+    return rows
+
+
+def _history_row(path: Path, line: int, record: dict) -> dict:
+    if None in record or any(record[column] is None for column in HISTORY_COLUMNS):
+        raise PipelineError(f"{path} line {line}: wrong number of fields")
+    row: dict = {}
+    for column, text in record.items():
+        try:
+            row[column] = int(text) if column == "epoch" else float(text)
+        except (TypeError, ValueError):
+            raise PipelineError(f"{path} line {line}: {column} is {text!r}, not a number") from None
+    return row
+
+
+# --------------------------------------------------------------------------- saving
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> None:
+    """Write ``figure`` to ``path`` as a PNG, atomically and without variable metadata."""
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=DPI, metadata={"Software": None})
+
+
+# --------------------------------------------------------------------------- learning curves
+
+def _column(rows: Sequence[dict], key: str) -> np.ndarray:
+    return np.array([row[key] for row in rows], dtype=np.float64)
+
+
+def _curve(history_rows: Sequence[dict], path, train_key: str, val_key: str, ylabel: str,
+           title: str, best_is_max: bool) -> None:
+    if not history_rows:
+        raise ValueError("history_rows is empty")
+    epochs = _column(history_rows, "epoch")
+    train, val = _column(history_rows, train_key), _column(history_rows, val_key)
+    figure = _new_figure(6.0, 4.0)
+    axes = figure.add_subplot()
+    axes.plot(epochs, train, marker="o", markersize=3, color=_TRAIN_COLOUR, label="train")
+    axes.plot(epochs, val, marker="o", markersize=3, color=_VAL_COLOUR, label="validation")
+    if np.isfinite(val).any():
+        best = int(np.nanargmax(np.where(np.isfinite(val), val, -np.inf)) if best_is_max
+                   else np.nanargmin(np.where(np.isfinite(val), val, np.inf)))
+        axes.axvline(epochs[best], color="grey", linestyle="--", linewidth=0.8,
+                     label=f"best validation: {val[best]:.4f} (epoch {int(epochs[best])})")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+    _save(figure, path)
+
+
+def plot_loss_curve(history_rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """Train and validation loss against epoch."""
+    _curve(history_rows, path, "train_loss", "val_loss", "cross-entropy loss",
+           "Loss per epoch", best_is_max=False)
+
+
+def plot_accuracy(history_rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """Train and validation accuracy against epoch."""
+    _curve(history_rows, path, "train_accuracy", "val_accuracy", "accuracy",
+           "Accuracy per epoch", best_is_max=True)
+
+
+# --------------------------------------------------------------------------- confusion matrix
+
+def plot_confusion_matrix(matrix, class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """Heat map of a (K, K) count matrix (rows actual, columns predicted), every count written.
+
+    Colours use a square-root scale so that small off-diagonal error counts
+    stay visible next to the large diagonal.
+    """
+    matrix = np.asarray(matrix)
+    k = len(class_names)
+    if matrix.shape != (k, k):
+        raise ValueError(f"matrix has shape {matrix.shape} but there are {k} class names")
+    size = max(4.0, 0.55 * k + 2.5)
+    figure = _new_figure(size + 1.0, size)
+    axes = figure.add_subplot()
+    vmax = max(1, int(matrix.max()) if matrix.size else 1)
+    image = axes.imshow(matrix, cmap="Blues", norm=PowerNorm(gamma=0.5, vmin=0, vmax=vmax))
+    figure.colorbar(image, ax=axes, shrink=0.8, label="test images")
+    fontsize = 8 if k <= 12 else max(4, int(96 / k))
+    threshold = 0.5 * vmax ** 0.5  # where PowerNorm crosses the middle of the colour map
+    for row in range(k):
+        for col in range(k):
+            count = int(matrix[row, col])
+            colour = "white" if count ** 0.5 > threshold else "black"
+            axes.text(col, row, str(count), ha="center", va="center", fontsize=fontsize, color=colour)
+    ticks = np.arange(k)
+    axes.set_xticks(ticks, [str(name) for name in class_names], rotation=45, ha="right",
+                    rotation_mode="anchor", fontsize=9)
+    axes.set_yticks(ticks, [str(name) for name in class_names], fontsize=9)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("actual class")
+    total = int(matrix.sum())
+    correct = int(np.trace(matrix))
+    accuracy = f"{correct / total:.2%}" if total else "n/a"
+    axes.set_title(f"Confusion matrix: {correct} of {total} correct ({accuracy})")
+    _save(figure, path)
+
+
+# --------------------------------------------------------------------------- misclassified gallery
+
+def most_confident_errors(actual, predicted, probabilities, limit: int) -> np.ndarray:
+    """Indices of up to ``limit`` misclassified samples, most confident prediction first.
+
+    Ties keep index order, so the selection is deterministic.
+    """
+    actual, predicted = np.asarray(actual), np.asarray(predicted)
+    probabilities = np.asarray(probabilities)
+    errors = np.flatnonzero(actual != predicted)
+    confidence = probabilities[errors, predicted[errors]]
+    order = np.argsort(-confidence.astype(np.float64), kind="stable")
+    return errors[order[:limit]]
+
+
+def plot_misclassified(images_u8, actual, predicted, probabilities, class_names: Sequence[str],
+                       path: str | os.PathLike, limit: int) -> None:
+    """A grid of up to ``limit`` misclassified images, the most confident errors first.
+
+    Each image is titled with its true class, the predicted class and the
+    predicted class's probability. With no errors the figure says so.
+    """
+    images = np.asarray(images_u8)
+    actual, predicted = np.asarray(actual), np.asarray(predicted)
+    probabilities = np.asarray(probabilities)
+    n = len(images)
+    if images.ndim != 3 or actual.shape != (n,) or predicted.shape != (n,) \
+            or probabilities.shape != (n, len(class_names)):
+        raise ValueError(f"inconsistent shapes: images {images.shape}, actual {actual.shape}, "
+                         f"predicted {predicted.shape}, probabilities {probabilities.shape} "
+                         f"for {len(class_names)} classes")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    total_errors = int(np.count_nonzero(actual != predicted))
+    chosen = most_confident_errors(actual, predicted, probabilities, limit)
+
+    if chosen.size == 0:
+        figure = _new_figure(5.0, 2.0)
+        figure.text(0.5, 0.5, f"No misclassified test images\n(0 errors in {n} samples)",
+                    ha="center", va="center", fontsize=14)
+        _save(figure, path)
+        return
+
+    cols = math.ceil(math.sqrt(chosen.size))
+    rows = math.ceil(chosen.size / cols)
+    figure = _new_figure(max(4.0, 1.45 * cols), 1.75 * rows + 0.6)
+    grid = figure.subplots(rows, cols, squeeze=False)
+    for slot, axes in enumerate(grid.flat):
+        axes.set_axis_off()
+        if slot >= chosen.size:
+            continue
+        index = int(chosen[slot])
+        true_name = class_names[int(actual[index])]
+        pred_name = class_names[int(predicted[index])]
+        probability = float(probabilities[index, predicted[index]])
+        axes.imshow(images[index], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        axes.set_title(f"true: {true_name}\npred: {pred_name} ({probability:.1%})",
+                       fontsize=7)
+    shown = f"the {chosen.size} most confident" if chosen.size < total_errors else f"all {total_errors}"
+    figure.suptitle(f"Misclassified test images: {shown} of {total_errors} errors in {n} samples",
+                    fontsize=10)
+    _save(figure, path)

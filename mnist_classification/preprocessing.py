@@ -1,0 +1,96 @@
+"""Train/validation split, normalisation statistics and the prepared-data reader.
+
+Prepared files keep uint8 images (compact, exact); standardisation to float32
+is a pure function applied when the data are loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PipelineError
+from .idx import check_images_labels
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split sample indices per class: round(count_c * val_fraction) of each class go to validation.
+
+    labels: (N,) integer class ids. Returns sorted int64 (train_idx, val_idx), disjoint
+    and covering 0..N-1; deterministic for a given ``seed`` (np.random.default_rng).
+    """
+    labels = np.asarray(labels)
+    if not 0 < val_fraction < 1:
+        raise PipelineError(f"preprocess.val_fraction is {val_fraction!r}; expected a number strictly between 0 and 1")
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(n)
+    order = shuffled[np.argsort(labels[shuffled], kind="stable")]  # grouped by class, random within
+    classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    n_val = np.rint(counts * val_fraction).astype(np.int64)
+    rank = np.arange(n) - np.repeat(starts, counts)  # position within its class group
+    in_val = rank < np.repeat(n_val, counts)
+    val_idx = np.sort(order[in_val]).astype(np.int64)
+    train_idx = np.sort(order[~in_val]).astype(np.int64)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise PipelineError(
+            f"preprocess.val_fraction={val_fraction} splits {n} samples into {len(train_idx)} training and "
+            f"{len(val_idx)} validation samples; choose a fraction that leaves both non-empty"
+        )
+    return train_idx, val_idx
+
+
+def normalisation_stats(train_images_u8: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation of all pixels scaled to [0, 1], as Python floats.
+
+    Exact: computed from the 256-bin pixel histogram, so no float copy of the images is made.
+    """
+    hist = np.bincount(np.asarray(train_images_u8, dtype=np.uint8).reshape(-1), minlength=256)
+    total = hist.sum()
+    if total == 0:
+        raise PipelineError("the training split holds no pixels; cannot compute normalisation statistics")
+    values = np.arange(256, dtype=np.float64) / 255.0
+    mean = float(hist @ values / total)
+    std = float(np.sqrt(hist @ (values - mean) ** 2 / total))
+    if not std > 0:
+        raise PipelineError("all training pixels have the same value (std 0); the training images are broken")
+    return mean, std
+
+
+def standardise(images_u8: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """float32 ((x / 255) - mean) / std for uint8 images of any shape, e.g. (N, 28, 28) -> (N, 28, 28).
+
+    Evaluated in float32 on the 256 possible pixel values, then gathered: one
+    float32 output array, no float64 temporaries.
+    """
+    images_u8 = np.asarray(images_u8)
+    if images_u8.dtype != np.uint8:
+        raise TypeError(f"standardise expects uint8 images, got {images_u8.dtype}")
+    table = (np.arange(256, dtype=np.float32) / np.float32(255) - np.float32(mean)) / np.float32(std)
+    return table[images_u8]
+
+
+def load_prepared(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a prepared split: uint8 images (N, 28, 28) with pixels 0..255 and uint8 labels (N,) in 0..9."""
+    path = Path(path)
+    hint = "run the preprocess stage again (dvc repro preprocess)"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"images", "labels"} - set(npz.files)
+            if missing:
+                raise PipelineError(f"{path} lacks array(s) {', '.join(sorted(missing))}; {hint}")
+            images, labels = npz["images"], npz["labels"]
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found; {hint}") from None
+    except PipelineError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise PipelineError(f"{path} is not a readable .npz file ({exc}); {hint}") from None
+    try:
+        check_images_labels(images, labels, str(path))
+    except PipelineError as exc:
+        raise PipelineError(f"{exc}; {hint}") from None
+    return images, labels

@@ -1,0 +1,21 @@
+"""Stage fetch: download the dataset named by params fetch.dataset into data/raw (verified, canonical gzip).
+
+Set DATASET_MIRROR to a local folder or an http(s) URL prefix to try it before the public mirrors.
+"""
+
+from mnist_classification.datasets import get_dataset
+from mnist_classification.download import fetch_dataset
+from mnist_classification.errors import run_cli
+from mnist_classification.params import load_params
+
+RAW_DIR = "data/raw"
+
+
+def main() -> None:
+    """Fetch data/raw/{4 IDX .gz files, dataset.json}."""
+    params = load_params("params.yaml")
+    fetch_dataset(get_dataset(params["fetch"]["dataset"]), RAW_DIR)
+
+
+if __name__ == "__main__":
+    run_cli(main, "fetch")

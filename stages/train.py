@@ -1,0 +1,80 @@
+"""Train stage: data/prepared -> models/model.npz, plots/history.csv, metrics/train.json."""
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mnist_classification import atomic
+from mnist_classification.augment import Augmenter
+from mnist_classification.errors import PipelineError, run_cli
+from mnist_classification.network import build_network
+from mnist_classification.optimizers import make_optimizer
+from mnist_classification.params import load_params
+from mnist_classification.preprocessing import load_prepared, standardise
+from mnist_classification.schedules import Schedule
+from mnist_classification.training import HISTORY_COLUMNS, train
+
+PREPARED = Path("data/prepared")
+MODEL = Path("models/model.npz")
+HISTORY = Path("plots/history.csv")
+METRICS = Path("metrics/train.json")
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read {path} ({exc}); run the preprocess stage (dvc repro preprocess)") from None
+
+
+def main() -> None:
+    params = load_params()
+    p = params["train"]
+    meta = read_meta(PREPARED / "meta.json")
+    mean, std = meta["mean"], meta["std"]
+    train_u8, train_labels = load_prepared(PREPARED / "train.npz")
+    val_u8, val_labels = load_prepared(PREPARED / "val.npz")
+    train_images, val_images = standardise(train_u8, mean, std), standardise(val_u8, mean, std)
+
+    network = build_network(p, train_images.shape[1:], meta["classes"], mean, std)
+    optimizer = make_optimizer(p["optimizer"], p["lr"], p["momentum"], p["weight_decay"])
+    schedule = Schedule(p["schedule"], p["lr"], p["epochs"], p["warmup_epochs"], p["step_epochs"], p["gamma"])
+    augmenter = Augmenter.from_params(p["augment"], np.random.default_rng([p["seed"], 3]))
+    augment = None
+    if augmenter is not None:
+        background = float(standardise(np.zeros(1, np.uint8), mean, std)[0])
+
+        def augment(batch):
+            return augmenter(batch, background)
+
+    result = train(network, optimizer, schedule, train_images, train_labels, val_images, val_labels,
+                   p["epochs"], p["batch_size"], p["patience"], np.random.default_rng([p["seed"], 2]),
+                   augment=augment, progress=True)
+
+    network.save(MODEL)
+    atomic.write_csv(HISTORY, HISTORY_COLUMNS,
+                     ([row["epoch"]] + [f"{row[c]:.6g}" for c in HISTORY_COLUMNS[1:]] for row in result.history))
+    best = result.history[result.best_epoch - 1]
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    atomic.write_json(METRICS, {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "train_loss": round(best["train_loss"], 6),
+        "train_accuracy": round(best["train_accuracy"], 6),
+        "val_loss": round(best["val_loss"], 6),
+        "val_accuracy": round(best["val_accuracy"], 6),
+        "parameters": network.count_parameters(),
+        "train_seconds": round(result.seconds, 2),
+        "samples_per_second": round(result.samples_seen / result.seconds, 1),
+        "peak_memory_mib": round(peak_kib / 1024, 1),
+    })
+    print(f"train: best epoch {result.best_epoch} val_accuracy={best['val_accuracy']:.4f}, "
+          f"{result.seconds:.1f}s; wrote {MODEL}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main, "train")
