@@ -14,7 +14,6 @@ import http.client
 import os
 import struct
 import sys
-import time
 import urllib.error
 import urllib.request
 import zlib
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 from .atomic import write_bytes, write_json
 from .datasets import DatasetSpec, FileSpec, get_dataset
 from .errors import PipelineError
+from .progress import ProgressBar
 from .idx import gunzip
 
 FROM_ENV = object()  # default of ``mirror_env``: read DATASET_MIRROR when called
@@ -81,35 +81,10 @@ def mirror_list(spec: DatasetSpec, mirror_env: str | None, mirrors: Sequence[str
 # --------------------------------------------------------------------------- progress
 
 def _mb(n: int) -> str:
-    """A byte count for humans: 28.9 kB, 9.8 MB."""
+    """A byte count for humans: 10 bytes, 28.9 kB, 9.8 MB."""
+    if n < 1000:
+        return f"{n} bytes"
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-class _Progress:
-    """A one-line progress bar on a tty; silent otherwise (the caller prints a summary line)."""
-
-    def __init__(self, label: str, total: int | None, stream: IO[str] | None):
-        self.label, self.total, self.stream = label, total, stream
-        self.live = stream is not None and stream.isatty()
-        self.last = 0.0
-
-    def update(self, done: int, final: bool = False) -> None:
-        if not self.live or (not final and time.monotonic() - self.last < 0.1):
-            return
-        self.last = time.monotonic()
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            text = f"[{bar:<30}] {frac:4.0%}  {_mb(done)}/{_mb(self.total)}"
-        else:
-            text = _mb(done)
-        self.stream.write(f"\r  {self.label}  {text}  ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.live:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
 
 
 # --------------------------------------------------------------------------- transports
@@ -129,7 +104,7 @@ class _BoundedRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_BoundedRedirects)
 
 
-def _http_get(url: str, timeout: float, max_bytes: int, progress: _Progress) -> bytes:
+def _http_get(url: str, timeout: float, max_bytes: int, progress: ProgressBar) -> bytes:
     """The body of ``url``; raises _Failure with a short reason on any problem."""
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
@@ -148,7 +123,7 @@ def _http_get(url: str, timeout: float, max_bytes: int, progress: _Progress) -> 
                 if len(body) > max_bytes:
                     raise _Failure(f"download exceeded the {_mb(max_bytes)} limit")
                 progress.update(len(body))
-            progress.update(len(body), final=True)
+            progress.update(len(body))
     except urllib.error.HTTPError as exc:
         exc.close()
         if 300 <= exc.code < 400:
@@ -258,7 +233,7 @@ def fetch_file(fspec: FileSpec, mirrors: Sequence[str], *, timeout: float = 30.0
     failures = []
     for mirror in mirrors:
         for attempt in range(retries + 1):
-            progress = _Progress(fspec.gz_name, None, stream)
+            progress = ProgressBar(f"  {fspec.gz_name}", 0, stream=stream, format_count=_mb)
             try:
                 if _is_url(mirror):
                     body = _http_get(mirror + fspec.gz_name, timeout, max_download_bytes, progress)
@@ -266,7 +241,7 @@ def fetch_file(fspec: FileSpec, mirrors: Sequence[str], *, timeout: float = 30.0
                     body = _local_get(mirror, fspec, max_download_bytes)
                 payload = decode_and_verify(body, fspec)
             except _Failure as exc:
-                progress.close()
+                progress.clear()
                 again = exc.transient and attempt < retries
                 if stream is not None:
                     nxt = "retrying" if again else "trying the next mirror"
@@ -276,7 +251,7 @@ def fetch_file(fspec: FileSpec, mirrors: Sequence[str], *, timeout: float = 30.0
                 tries = f" (tried {attempt + 1} times)" if attempt else ""
                 failures.append(f"{mirror}: {exc.reason}{tries}")
                 break
-            progress.close()
+            progress.clear()
             if stream is not None:
                 print(f"  {fspec.gz_name}: {_mb(len(body))} from {mirror} (SHA-256 verified)", file=stream)
             return payload, mirror

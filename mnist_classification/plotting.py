@@ -183,6 +183,12 @@ def most_confident_errors(actual, predicted, probabilities, limit: int) -> np.nd
     return errors[order[:limit]]
 
 
+def _percent(probability: float) -> str:
+    """``99.5%``; never rounds a probability below 1 up to ``100.0%``."""
+    text = f"{probability:.1%}"
+    return ">99.9%" if text == "100.0%" and probability < 1 else text
+
+
 def plot_misclassified(images_u8, actual, predicted, probabilities, class_names: Sequence[str],
                        path: str | os.PathLike, limit: int) -> None:
     """A grid of up to ``limit`` misclassified images, the most confident errors first.
@@ -224,7 +230,7 @@ def plot_misclassified(images_u8, actual, predicted, probabilities, class_names:
         pred_name = class_names[int(predicted[index])]
         probability = float(probabilities[index, predicted[index]])
         axes.imshow(images[index], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        axes.set_title(f"true: {true_name}\npred: {pred_name} ({probability:.1%})",
+        axes.set_title(f"true: {true_name}\npred: {pred_name} ({_percent(probability)})",
                        fontsize=7)
     shown = f"the {chosen.size} most confident" if chosen.size < total_errors else f"all {total_errors}"
     figure.suptitle(f"Misclassified test images: {shown} of {total_errors} errors in {n} samples",

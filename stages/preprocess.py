@@ -46,12 +46,12 @@ def main() -> None:
     images, labels = load_images_labels(RAW_DIR / f"{TRAIN_IMAGES}.gz", RAW_DIR / f"{TRAIN_LABELS}.gz")
     test_images, test_labels = load_images_labels(RAW_DIR / f"{TEST_IMAGES}.gz", RAW_DIR / f"{TEST_LABELS}.gz")
     train_idx, val_idx = stratified_split(labels, val_fraction, seed)
-    mean, std = normalisation_stats(images[train_idx])
     splits = {
         "train": (images[train_idx], labels[train_idx]),
         "val": (images[val_idx], labels[val_idx]),
         "test": (test_images, test_labels),
     }
+    mean, std = normalisation_stats(splits["train"][0])  # training split only
     for name, (x, y) in splits.items():
         save_npz(OUT_DIR / f"{name}.npz", {"images": x, "labels": y}, compress=True)
     write_json(OUT_DIR / "meta.json", {

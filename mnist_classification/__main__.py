@@ -1,0 +1,68 @@
+"""Command line: ``python -m mnist_classification COMMAND ...`` (also installed as ``mnist-classification``).
+
+Commands:
+  predict   classify digit images (PNG/JPEG) or a batch (.npy / IDX) with a trained model
+
+Each command is a module exposing ``add_arguments(parser)`` and ``run(args)``;
+add one to :data:`COMMANDS` to extend the CLI. Errors the user can fix
+(:class:`~mnist_classification.errors.PipelineError`) print one line and exit
+with status 2 (see :func:`~mnist_classification.errors.run_cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import textwrap
+from typing import Sequence
+
+from .errors import run_cli
+
+PROG = "mnist-classification"
+
+#: name -> (module with add_arguments/run, one-line help, description)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "predict": (
+        "mnist_classification.predict",
+        "classify digit images or a batch of MNIST-style images with a trained model",
+        "Classify your own digit images with a trained model (MLP or CNN). Each image (PNG or JPEG, one "
+        "digit, dark on light or light on dark) is converted to an MNIST-like 28x28 input the way MNIST "
+        "was made - grayscale, ink made white on black, cropped to the ink, scaled to fit 20x20 keeping "
+        "its aspect ratio, centred by its centre of mass - and normalised with the model's own "
+        "statistics; the predicted class, its probability and the top three are printed. A .npy or IDX "
+        "file is a batch of images that are already MNIST-like; its predictions go to a CSV.",
+    ),
+}
+
+EPILOG = {
+    "predict": (
+        "examples:\n"
+        "  python -m mnist_classification predict my_digit.jpg\n"
+        "  python -m mnist_classification predict --show --json a.png b.png\n"
+        "  python -m mnist_classification predict --model models/model.npz digits.npy --output preds.csv\n"
+        "\n"
+        "exit status: 0 on success, 2 on bad input (one-line message naming the file)"
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="MNIST classification from scratch in NumPy.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text, description) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=textwrap.fill(description, 79), epilog=EPILOG.get(name),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``argv`` (default: sys.argv[1:]) and run the command; exits with its status."""
+    args = build_parser().parse_args(argv)
+    run_cli(lambda: args.run(args), f"{PROG} {args.command}")
+
+
+if __name__ == "__main__":
+    main()
