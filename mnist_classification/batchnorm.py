@@ -15,10 +15,20 @@ import numpy as np
 from .layers import FLOAT, Layer
 
 
-def _channel_sum(a: np.ndarray) -> np.ndarray:
-    """Sum of an (N, C, H, W) array over N, H and W: (C,). Reduces the contiguous axis first."""
-    n, c = a.shape[:2]
-    return a.reshape(n, c, -1).sum(axis=2).sum(axis=0)
+def channel_major(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> its (C, N, H, W) transpose, C-contiguous: a view when possible, else a copy.
+
+    The convolution layers return (N, C, H, W) arrays that are transposed views of
+    channel-major memory (their matrix products produce that layout), and
+    elementwise layers keep the layout, so this is normally free.
+    """
+    xt = x.transpose(1, 0, 2, 3)
+    return xt if xt.flags.c_contiguous else np.ascontiguousarray(xt)
+
+
+def from_channel_major(a: np.ndarray) -> np.ndarray:
+    """(C, N, H, W) -> the (N, C, H, W) view of the same memory."""
+    return a.transpose(1, 0, 2, 3)
 
 
 class BatchNorm2D(Layer):
@@ -48,58 +58,62 @@ class BatchNorm2D(Layer):
     def forward(self, x, training=False):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"BatchNorm2D expects (N, {self.channels}, H, W), got {x.shape}")
-        gamma, beta = self.params["gamma"], self.params["beta"]
+        gamma, beta = self.params["gamma"][:, None], self.params["beta"][:, None]
         dtype = np.result_type(x.dtype, gamma.dtype)
+        xt = channel_major(x)  # (C, N, H, W)
+        x2 = xt.reshape(self.channels, -1)  # (C, M): one contiguous row per channel
+        count = x2.shape[1]
         if training:
-            count = x.shape[0] * x.shape[2] * x.shape[3]
-            mean = (_channel_sum(x) / count).astype(dtype, copy=False)
-            xhat = np.subtract(x, self._per_channel(mean), dtype=dtype)
-            squares = np.square(xhat)
-            var = (_channel_sum(squares) / count).astype(dtype, copy=False)
+            mean = (x2.sum(axis=1) / count).astype(dtype, copy=False)
+            xhat = np.subtract(x2, mean[:, None], dtype=dtype)
+            out = np.square(xhat)
+            var = (out.sum(axis=1) / count).astype(dtype, copy=False)
             inv_std = 1 / np.sqrt(var + dtype.type(self.eps))
-            xhat *= self._per_channel(inv_std)
-            np.multiply(xhat, self._per_channel(gamma), out=squares)
-            squares += self._per_channel(beta)
-            running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
+            xhat *= inv_std[:, None]
+            np.multiply(xhat, gamma, out=out)
+            out += beta
             keep = self.momentum
+            running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
             running_mean *= keep
             running_mean += (1 - keep) * mean
             running_var *= keep
             running_var += (1 - keep) * var * (count / max(count - 1, 1))
             self._cache = (True, xhat, inv_std)
-            return squares
-        inv_std = 1 / np.sqrt(self.buffers["running_var"].astype(dtype) + dtype.type(self.eps))
-        scale = gamma * inv_std
-        shift = beta - self.buffers["running_mean"] * scale
-        out = np.multiply(x, self._per_channel(scale), dtype=dtype)
-        out += self._per_channel(shift)
-        self._cache = (False, x, inv_std)
-        return out
+        else:
+            inv_std = 1 / np.sqrt(self.buffers["running_var"].astype(dtype) + dtype.type(self.eps))
+            scale = gamma[:, 0] * inv_std
+            shift = beta[:, 0] - self.buffers["running_mean"] * scale
+            out = np.multiply(x2, scale[:, None], dtype=dtype)
+            out += shift[:, None]
+            self._cache = (False, x2, inv_std)
+        return from_channel_major(out.reshape(xt.shape))
 
     def backward(self, grad_out):
         training, saved, inv_std = self._cache
-        gamma = self.params["gamma"]
+        g2 = channel_major(grad_out).reshape(self.channels, -1)
         if training:
             xhat = saved
         else:
-            xhat = (saved - self._per_channel(self.buffers["running_mean"])) * self._per_channel(inv_std)
-        product = grad_out * xhat
-        dgamma = _channel_sum(product)
-        dbeta = _channel_sum(grad_out)
+            xhat = (saved - self.buffers["running_mean"][:, None]) * inv_std[:, None]
+        product = g2 * xhat
+        dgamma = product.sum(axis=1)
+        dbeta = g2.sum(axis=1)
         self.grads["gamma"][...] = dgamma
         self.grads["beta"][...] = dbeta
         if not self.needs_input_grad:
             return None
-        scale = gamma * inv_std
-        if not training:
-            return grad_out * self._per_channel(scale)
-        # dx = gamma / std * (dy - mean(dy) - xhat * mean(dy * xhat))
-        count = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
-        dx = np.multiply(grad_out, self._per_channel(scale), dtype=product.dtype)
-        np.multiply(xhat, self._per_channel(-scale * dgamma / count), out=product)
-        dx += product
-        dx += self._per_channel(-scale * dbeta / count)
-        return dx
+        scale = self.params["gamma"] * inv_std
+        n, c, h, w = grad_out.shape
+        if training:
+            # dx = gamma / std * (dy - mean(dy) - xhat * mean(dy * xhat))
+            count = g2.shape[1]
+            dx = np.multiply(g2, scale[:, None], dtype=product.dtype)
+            np.multiply(xhat, (-scale * dgamma / count)[:, None], out=product)
+            dx += product
+            dx += (-scale * dbeta / count)[:, None]
+        else:
+            dx = g2 * scale[:, None]
+        return from_channel_major(dx.reshape(c, n, h, w))
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] != self.channels:

@@ -10,7 +10,7 @@ How the convolution runs (one BLAS matrix multiply per product):
   zero-filled) into a column matrix ``cols`` (C*k*k, N*H*W); then
   ``Y = W @ cols`` with W (F, C*k*k) gives (F, N*H*W), which is transposed
   back to (N, F, H, W) while the bias is added.
-* backward: ``dW = dY @ cols.T`` and ``db = sum(dY)``. The input gradient
+* backward: ``dW = dY @ cols.T`` (as ``(cols @ dY.T).T``) and ``db = sum(dY)``. The input gradient
   ``dX = col2im(W.T @ dY)`` is computed in its equivalent, faster form: the
   gradient of a stride-1 'same' convolution is the 'same' convolution of dY
   with the kernel rotated by 180 degrees and its channel axes swapped, i.e.
@@ -29,12 +29,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from .batchnorm import BatchNorm2D
+from .batchnorm import BatchNorm2D, channel_major, from_channel_major
 from .initialisation import init_weights
 from .layers import ACTIVATIONS, FLOAT, Layer
 
+#: col2im (scatter-adds) costs about this many times an im2col copy per element; the backward
+#: pass uses it for the input gradient when in_channels * COL2IM_COST < out_channels.
+COL2IM_COST = 3
+
 #: Inference splits batches so that one column matrix holds at most this many elements.
 INFERENCE_COLUMN_BUDGET = 1 << 25
+
+
+def _col2im(dcols: np.ndarray, dx: np.ndarray, k: int) -> None:
+    """Adjoint of :func:`_im2col`: ``dx`` (C, N, H, W) = sum over offsets of ``dcols`` (C, k, k, N, H, W)."""
+    p = k // 2
+    height, width = dx.shape[2:]
+    dx[...] = dcols[:, p, p]  # the centre offset covers every pixel
+    for i in range(k):
+        di = i - p
+        h0, h1 = max(0, -di), min(height, height - di)
+        for j in range(k):
+            dj = j - p
+            w0, w1 = max(0, -dj), min(width, width - dj)
+            if (i, j) == (p, p) or h0 >= h1 or w0 >= w1:
+                continue
+            dx[:, :, h0 + di:h1 + di, w0 + dj:w1 + dj] += dcols[:, i, j, :, h0:h1, w0:w1]
 
 
 def _im2col(src: np.ndarray, cols: np.ndarray, k: int) -> None:
@@ -91,6 +111,8 @@ class Conv2D(Layer):
 
     kind = "conv2d"
     decayed = ("W",)
+    #: How backward computes the input gradient: "col2im", "transposed" (im2col of dY) or "auto".
+    input_grad_method = "auto"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, init: str = "he",
                  rng: np.random.Generator | None = None) -> None:
@@ -115,43 +137,39 @@ class Conv2D(Layer):
 
     # -- forward -----------------------------------------------------------------------------------
 
-    def _columns(self, x: np.ndarray) -> np.ndarray:
-        """im2col of x (N, C, H, W) into the shared buffer, as a (C*k*k, N*H*W) matrix."""
-        n, c, h, w = x.shape
+    def _forward_into(self, xt: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Convolve channel-major xt (C, N, H, W) into out (F, N, H, W); return the column matrix."""
+        c, n, h, w = xt.shape
         k = self.kernel_size
-        src = self._work.get("input", (c, n, h, w), x.dtype)
-        np.copyto(src, x.transpose(1, 0, 2, 3))
-        cols = self._work.get("cols", (c, k, k, n, h, w), x.dtype)
-        _im2col(src, cols, k)
-        return cols.reshape(c * k * k, n * h * w)
-
-    def _forward_into(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        n, _, h, w = x.shape
-        f = self.out_channels
-        cols = self._columns(x)
-        y = self._work.get("y", (f, n * h * w), np.result_type(x.dtype, self.params["W"].dtype))
-        np.matmul(self.params["W"], cols, out=y)
-        # (F, N, HW) -> (N, F, HW), adding the bias on the way.
-        np.add(y.reshape(f, n, h * w).transpose(1, 0, 2), self.params["b"][None, :, None],
-               out=out.reshape(n, f, h * w))
+        cols = self._work.get("cols", (c, k, k, n, h, w), xt.dtype)
+        _im2col(xt, cols, k)
+        cols = cols.reshape(c * k * k, n * h * w)
+        # A chunk of the output (inference) is not contiguous: multiply into scratch, then copy.
+        direct = out.flags.c_contiguous
+        out2 = (out if direct else self._work.get("y", out.shape, out.dtype)).reshape(self.out_channels, -1)
+        np.matmul(self.params["W"], cols, out=out2)
+        out2 += self.params["b"][:, None]
+        if not direct:
+            out[...] = out2.reshape(out.shape)
         return cols
 
     def forward(self, x, training=False):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2D expects (N, {self.in_channels}, H, W), got {x.shape}")
-        n, _, h, w = x.shape
+        xt = channel_major(x)
+        _, n, h, w = xt.shape
         dtype = np.result_type(x.dtype, self.params["W"].dtype)
-        out = np.empty((n, self.out_channels, h, w), dtype=dtype)
+        out = np.empty((self.out_channels, n, h, w), dtype=dtype)
         if training:
-            self._cols = self._forward_into(x, out)
+            self._cols = self._forward_into(xt, out)
             self._input_shape = x.shape
-            return out
-        self._cols = None
-        per_sample = self.in_channels * self.kernel_size ** 2 * h * w
-        chunk = max(1, INFERENCE_COLUMN_BUDGET // per_sample)
-        for start in range(0, n, chunk):
-            self._forward_into(x[start:start + chunk], out[start:start + chunk])
-        return out
+        else:
+            self._cols = None
+            per_sample = self.in_channels * self.kernel_size ** 2 * h * w
+            chunk = max(1, INFERENCE_COLUMN_BUDGET // per_sample)
+            for start in range(0, n, chunk):
+                self._forward_into(xt[:, start:start + chunk], out[:, start:start + chunk])
+        return from_channel_major(out)
 
     # -- backward ----------------------------------------------------------------------------------
 
@@ -163,23 +181,36 @@ class Conv2D(Layer):
         n, c, h, w = self._input_shape
         f, k = self.out_channels, self.kernel_size
         weight = self.params["W"]
-        # dY as (F, N, H, W): contiguous rows for the matrix products.
-        dy = self._work.get("y", (f, n, h, w), grad_out.dtype)
-        np.copyto(dy, grad_out.transpose(1, 0, 2, 3))
+        dy = channel_major(grad_out)  # (F, N, H, W)
         dy2 = dy.reshape(f, n * h * w)
-        np.matmul(dy2, cols.T, out=self.grads["W"])
+        # dW = dY @ cols.T, computed as (cols @ dY.T).T: OpenBLAS handles the tall (C*k*k, F)
+        # result better than the wide (F, C*k*k) one with its long inner dimension (about 20%
+        # faster alone, and the wide form slows down 20-fold when another process competes
+        # for the cores).
+        np.copyto(self.grads["W"], (cols @ dy2.T).T)
         np.sum(dy2, axis=1, out=self.grads["b"])
         if not self.needs_input_grad:
             return None
-        # dX = 'same' convolution of dY with the kernel rotated 180 degrees, channels swapped.
-        rotated = weight.reshape(f, c, k, k)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, f * k * k)
-        dcols = self._work.get("cols", (f, k, k, n, h, w), dy.dtype)  # reuses the forward columns' memory
-        _im2col(dy, dcols, k)
-        dx = self._work.get("input", (c, n * h * w), np.result_type(dy.dtype, weight.dtype))
-        np.matmul(rotated, dcols.reshape(f * k * k, n * h * w), out=dx)
-        grad_in = np.empty((n, c, h, w), dtype=dx.dtype)  # fresh: the caller may keep it
-        np.copyto(grad_in, dx.reshape(c, n, h, w).transpose(1, 0, 2, 3))
-        return grad_in
+        dtype = np.result_type(dy.dtype, weight.dtype)
+        dx = np.empty((c, n, h, w), dtype=dtype)
+        if self._use_col2im():
+            # dX = col2im(W.T @ dY): the (C*k*k, N*H*W) matrix is small when C << F.
+            dcols = self._work.get("cols", (c, k, k, n, h, w), dtype)  # the forward columns' memory
+            np.matmul(weight.T, dy2, out=dcols.reshape(c * k * k, n * h * w))
+            _col2im(dcols, dx, k)
+        else:
+            # dX = 'same' convolution of dY with the kernel rotated 180 degrees, channels swapped.
+            rotated = weight.reshape(f, c, k, k)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, f * k * k)
+            dcols = self._work.get("cols", (f, k, k, n, h, w), dy.dtype)  # the forward columns' memory
+            _im2col(dy, dcols, k)
+            np.matmul(rotated, dcols.reshape(f * k * k, n * h * w), out=dx.reshape(c, n * h * w))
+        return from_channel_major(dx)
+
+    def _use_col2im(self) -> bool:
+        """Input-gradient method: col2im when it moves less data than im2col of dY does."""
+        if self.input_grad_method != "auto":
+            return self.input_grad_method == "col2im"
+        return COL2IM_COST * self.in_channels < self.out_channels
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
@@ -195,7 +226,11 @@ class MaxPool2D(Layer):
     """Non-overlapping ``size`` x ``size`` max pooling: (N, C, H, W) -> (N, C, H // size, W // size).
 
     Rows and columns beyond a multiple of ``size`` are dropped (and get zero gradient). The
-    gradient of each window goes to one maximum: the first in row-major order on ties.
+    gradient of each window goes to one maximum; on ties, to the leftmost, then topmost one.
+
+    Pooling runs in two passes, first across each window's rows (on contiguous image rows), then
+    across its columns, on the (N*C, H, W) planes in whatever memory order the input has
+    (channel-major after a convolution); the output keeps that order.
     """
 
     kind = "maxpool2d"
@@ -206,31 +241,69 @@ class MaxPool2D(Layer):
         if self.size < 1:
             raise ValueError(f"pool size must be positive, not {size}")
 
-    def _windows(self, x: np.ndarray) -> list[np.ndarray]:
-        s = self.size
-        ho, wo = x.shape[2] // s, x.shape[3] // s
-        return [x[:, :, a:ho * s:s, b:wo * s:s] for a in range(s) for b in range(s)]
+    @staticmethod
+    def _reduce(slices, out_shape, dtype):
+        """Elementwise max over ``slices`` and the index of the first slice holding it."""
+        if len(slices) == 2:  # the common 2 x 2 pool: two operations
+            first, second = slices
+            arg = np.greater(second, first).view(np.uint8).reshape(out_shape)
+            return np.maximum(first, second, dtype=dtype).reshape(out_shape), arg
+        best = np.array(slices[0], dtype=dtype, copy=True).reshape(out_shape)
+        arg = np.zeros(out_shape, dtype=np.uint8)
+        for index, candidate in enumerate(slices[1:], start=1):
+            candidate = candidate.reshape(out_shape) if candidate.flags.c_contiguous else candidate
+            # Strictly greater: on ties the earlier slice keeps winning. Later indices are larger,
+            # so max(arg, index * wins) sets arg to index exactly where this slice wins.
+            wins = np.greater(candidate, best).view(np.uint8)
+            np.maximum(arg, wins * np.uint8(index), out=arg)
+            np.maximum(best, candidate, out=best)
+        return best, arg
 
     def forward(self, x, training=False):
         if x.ndim != 4:
             raise ValueError(f"MaxPool2D expects (N, C, H, W), got {x.shape}")
-        views = self._windows(x)
-        out = views[0].copy()
-        for view in views[1:]:
-            np.maximum(out, view, out=out)
+        s = self.size
+        n, c, h, w = x.shape
+        ho, wo = h // s, w // s
+        channel_first = not x.flags.c_contiguous
+        planes = (channel_major(x) if channel_first else x).reshape(n * c, h, w)
+        if (ho * s, wo * s) != (h, w):
+            planes = np.ascontiguousarray(planes[:, :ho * s, :wo * s])
+        # First across each window's rows, on contiguous image rows: (P * Ho, s, W) -> (P * Ho, W).
+        rows = planes.reshape(n * c * ho, s, wo * s)
+        row_max, row_arg = self._reduce([rows[:, a] for a in range(s)], (n * c * ho, wo * s), x.dtype)
+        # Then across its columns: (P * Ho * Wo, s) -> (P * Ho * Wo,).
+        pairs = row_max.reshape(-1, s)
+        out, col_arg = self._reduce([pairs[:, b] for b in range(s)], (pairs.shape[0],), x.dtype)
         if training:
-            # Index of the winning offset: scanning backwards makes the first maximum win ties.
-            winner = np.zeros(out.shape, dtype=np.uint8)
-            for index in range(len(views) - 1, 0, -1):
-                np.copyto(winner, index, where=views[index] == out)
-            self._winner, self._input_shape = winner, x.shape
-        return out
+            self._cache = (x.shape, channel_first, row_arg, col_arg)
+        if channel_first:
+            return from_channel_major(out.reshape(c, n, ho, wo))
+        return out.reshape(n, c, ho, wo)
 
     def backward(self, grad_out):
-        dx = np.zeros(self._input_shape, dtype=grad_out.dtype)
-        for index, view in enumerate(self._windows(dx)):
-            np.multiply(grad_out, self._winner == index, out=view)
-        return dx
+        (n, c, h, w), channel_first, row_arg, col_arg = self._cache
+        s = self.size
+        ho, wo = h // s, w // s
+        g = (channel_major(grad_out) if channel_first else np.ascontiguousarray(grad_out)).reshape(-1)
+        # Each window's gradient goes to its winning column of the row maxima ...
+        g_cols = np.empty((g.size, s), dtype=grad_out.dtype)
+        for b in range(s):
+            np.multiply(g, col_arg == b, out=g_cols[:, b])
+        g_cols = g_cols.reshape(n * c * ho, wo * s)
+        # ... and from there to the winning row.
+        planes = np.zeros((c, n, h, w) if channel_first else (n, c, h, w), dtype=grad_out.dtype)
+        window = planes.reshape(n * c, h, w)[:, :ho * s, :wo * s]
+        if (ho * s, wo * s) == (h, w):
+            rows = window.reshape(n * c * ho, s, wo * s)
+            for a in range(s):
+                np.multiply(g_cols, row_arg == a, out=rows[:, a])
+        else:
+            rows = np.empty((n * c * ho, s, wo * s), dtype=grad_out.dtype)
+            for a in range(s):
+                np.multiply(g_cols, row_arg == a, out=rows[:, a])
+            window[...] = rows.reshape(window.shape)
+        return from_channel_major(planes) if channel_first else planes
 
     def output_shape(self, input_shape):
         *lead, h, w = input_shape

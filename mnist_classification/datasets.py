@@ -13,10 +13,10 @@ from .errors import PipelineError
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One IDX file: ``name`` without ``.gz``, decompressed ``size`` in bytes, its ``sha256``."""
+    """One IDX file: ``name`` without ``.gz``, decompressed ``size`` in bytes (None: unknown), its ``sha256``."""
 
     name: str
-    size: int
+    size: int | None
     sha256: str
 
     @property
@@ -83,11 +83,32 @@ FASHION_MNIST = DatasetSpec(
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
 
 
-def get_dataset(name: str) -> DatasetSpec:
-    """The spec of dataset ``name``; PipelineError naming ``fetch.dataset`` if unknown."""
+def get_dataset(name: str, custom: dict | None = None) -> DatasetSpec:
+    """The spec of dataset ``name``; for ``custom``, built from the ``fetch.custom`` params section.
+
+    A custom dataset is any four MNIST-format IDX files with ten classes, pinned by
+    the SHA-256 of each decompressed file and served only through DATASET_MIRROR.
+    """
+    if name == "custom":
+        return _custom_dataset(custom or {})
     try:
         return DATASETS[name]
     except KeyError:
         raise PipelineError(
-            f"params.yaml: fetch.dataset is {name!r}; expected one of {', '.join(DATASETS)}"
+            f"params.yaml: fetch.dataset is {name!r}; expected one of {', '.join(DATASETS)}, custom"
         ) from None
+
+
+def _custom_dataset(custom: dict) -> DatasetSpec:
+    pins = custom.get("sha256", {})
+    missing = [f for f in FILE_NAMES if f not in pins]
+    if missing or set(pins) - set(FILE_NAMES):
+        raise PipelineError(
+            "params.yaml: fetch.custom.sha256 must pin exactly the four files "
+            f"{', '.join(FILE_NAMES)} (SHA-256 of each decompressed file); missing {missing or 'none'}, "
+            f"unexpected {sorted(set(pins) - set(FILE_NAMES)) or 'none'}"
+        )
+    classes = tuple(custom.get("classes", ()))
+    if len(classes) != 10 or len(set(classes)) != 10:
+        raise PipelineError(f"params.yaml: fetch.custom.classes is {list(classes)}; expected ten distinct names")
+    return DatasetSpec("custom", tuple(FileSpec(f, None, pins[f].lower()) for f in FILE_NAMES), (), classes)

@@ -174,8 +174,8 @@ def _looks_html(body: bytes) -> bool:
 
 
 def verify_payload(payload: bytes, fspec: FileSpec) -> None:
-    """Raise _Failure unless ``payload`` has the pinned size and SHA-256."""
-    if len(payload) != fspec.size:
+    """Raise _Failure unless ``payload`` has the pinned size (when known) and SHA-256."""
+    if fspec.size is not None and len(payload) != fspec.size:
         raise _Failure(f"decompressed size is {len(payload)} bytes, expected {fspec.size}")
     digest = hashlib.sha256(payload).hexdigest()
     if digest != fspec.sha256:
@@ -186,7 +186,7 @@ def decode_and_verify(body: bytes, fspec: FileSpec) -> bytes:
     """The verified IDX payload inside a downloaded ``body`` (gzip, or raw IDX); raises _Failure."""
     if body[:2] == b"\x1f\x8b":
         try:
-            payload = gunzip(body, fspec.gz_name, limit=fspec.size)
+            payload = gunzip(body, fspec.gz_name, **({"limit": fspec.size} if fspec.size else {}))
         except PipelineError as exc:
             raise _Failure(str(exc)) from None
     elif _looks_html(body):

@@ -7,7 +7,7 @@ platforms and BLAS builds and diffs cleanly in ``dvc metrics diff``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

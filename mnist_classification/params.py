@@ -57,7 +57,7 @@ def load_yaml(text: str, source: str) -> Any:
 class Field:
     """One params key: its type, default and constraint."""
 
-    kind: str  # "int", "float", "bool", "str", "choice", "int_list"
+    kind: str  # "int", "float", "bool", "str", "choice", "int_list", "str_list", "sha256_map"
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -87,6 +87,15 @@ class Field:
                 raise PipelineError(
                     f"params.yaml: {key} is {value!r}; expected one of {', '.join(self.choices)}{hint}"
                 )
+        elif self.kind == "str_list":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise _type_error(key, value, "a list of strings")
+        elif self.kind == "sha256_map":
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{64}", v)
+                for k, v in value.items()
+            ):
+                raise _type_error(key, value, "a mapping of file name to a 64-digit hex SHA-256")
         elif self.kind == "int_list":
             if not isinstance(value, list) or any(
                 isinstance(v, bool) or not isinstance(v, int) for v in value
@@ -128,7 +137,13 @@ def _positive_widths(v) -> bool:
 
 SCHEMA: dict[str, dict[str, Any]] = {
     "fetch": {
-        "dataset": Field("choice", "mnist", "dataset to download", choices=("mnist", "fashion-mnist")),
+        "dataset": Field("choice", "mnist", "dataset to download (custom: your own IDX files, see fetch.custom)",
+                         choices=("mnist", "fashion-mnist", "custom")),
+        "custom": {
+            "classes": Field("str_list", [str(d) for d in range(10)], "class names of a custom dataset",
+                             check=lambda v: len(v) == 10 and len(set(v)) == 10, expect="ten distinct names"),
+            "sha256": Field("sha256_map", {}, "SHA-256 of each decompressed IDX file of a custom dataset"),
+        },
     },
     "preprocess": {
         "val_fraction": Field("float", 0.1, "share of the 60,000 training images held out for validation",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -217,22 +217,27 @@ def plot_misclassified(images_u8, actual, predicted, probabilities, class_names:
         _save(figure, path)
         return
 
+    # Axes are placed by hand: constrained layout costs seconds for dozens of axes.
     cols = math.ceil(math.sqrt(chosen.size))
     rows = math.ceil(chosen.size / cols)
-    figure = _new_figure(max(4.0, 1.45 * cols), 1.75 * rows + 0.6)
-    grid = figure.subplots(rows, cols, squeeze=False)
-    for slot, axes in enumerate(grid.flat):
+    cell_w, cell_h, image_in, header = 1.3, 1.65, 1.15, 0.65  # inches
+    width, height = max(4.0, cell_w * cols + 0.2), cell_h * rows + header
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    left0 = (width - cell_w * cols) / 2
+    for slot, index in enumerate(chosen.tolist()):
+        row, col = divmod(slot, cols)
+        left = left0 + col * cell_w + (cell_w - image_in) / 2
+        bottom = height - header - (row + 1) * cell_h + 0.08
+        axes = figure.add_axes((left / width, bottom / height, image_in / width, image_in / height))
         axes.set_axis_off()
-        if slot >= chosen.size:
-            continue
-        index = int(chosen[slot])
         true_name = class_names[int(actual[index])]
         pred_name = class_names[int(predicted[index])]
         probability = float(probabilities[index, predicted[index]])
         axes.imshow(images[index], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         axes.set_title(f"true: {true_name}\npred: {pred_name} ({_percent(probability)})",
-                       fontsize=7)
+                       fontsize=7, pad=3)
     shown = f"the {chosen.size} most confident" if chosen.size < total_errors else f"all {total_errors}"
-    figure.suptitle(f"Misclassified test images: {shown} of {total_errors} errors in {n} samples",
-                    fontsize=10)
+    figure.suptitle(f"Misclassified test images\n{shown} of {total_errors} errors in {n} samples",
+                    fontsize=10, y=1 - 0.08 / height, va="top")
     _save(figure, path)

@@ -15,8 +15,13 @@ from mnist_classification.errors import PipelineError, run_cli
 from mnist_classification.metrics import classification_report, confusion_matrix
 from mnist_classification.network import load_network
 from mnist_classification.params import load_params
-from mnist_classification.plotting import (plot_accuracy, plot_confusion_matrix, plot_loss_curve,
-                                           plot_misclassified, read_history)
+from mnist_classification.plotting import (
+    plot_accuracy,
+    plot_confusion_matrix,
+    plot_loss_curve,
+    plot_misclassified,
+    read_history,
+)
 from mnist_classification.preprocessing import load_prepared, standardise
 
 MODEL = Path("models/model.npz")

@@ -14,7 +14,7 @@ RAW_DIR = "data/raw"
 def main() -> None:
     """Fetch data/raw/{4 IDX .gz files, dataset.json}."""
     params = load_params("params.yaml")
-    fetch_dataset(get_dataset(params["fetch"]["dataset"]), RAW_DIR)
+    fetch_dataset(get_dataset(params["fetch"]["dataset"], params["fetch"]["custom"]), RAW_DIR)
 
 
 if __name__ == "__main__":

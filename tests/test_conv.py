@@ -35,15 +35,34 @@ def _naive_conv(x, weight, bias):
 
 # -- Conv2D ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("method", ["col2im", "transposed"])
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_conv_gradients(kernel_size):
+def test_conv_gradients(kernel_size, method):
     layer = Conv2D(2, 3, kernel_size, rng=np.random.default_rng(1))
+    layer.input_grad_method = method
     layer.params["b"][:] = [0.1, -0.2, 0.3]
     check_layer(layer, _input((2, 2, 5, 5)))
 
 
-def test_conv_gradients_non_square_and_kernel_wider_than_image():
-    check_layer(Conv2D(2, 2, 5, rng=np.random.default_rng(2)), _input((2, 2, 3, 4), seed=1))
+@pytest.mark.parametrize("method", ["col2im", "transposed"])
+def test_conv_gradients_non_square_and_kernel_wider_than_image(method):
+    layer = Conv2D(2, 2, 5, rng=np.random.default_rng(2))
+    layer.input_grad_method = method
+    check_layer(layer, _input((2, 2, 3, 4), seed=1))
+
+
+def test_conv_input_gradient_methods_agree_in_float32():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 4, 7, 6)).astype(np.float32)
+    g = rng.standard_normal((3, 5, 7, 6)).astype(np.float32)
+    results = []
+    for method in ("col2im", "transposed"):
+        layer = Conv2D(4, 5, 3, rng=np.random.default_rng(0))
+        layer.input_grad_method = method
+        layer.forward(x, training=True)
+        results.append((layer.backward(g), layer.grads["W"].copy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("kernel_size,shape", [(3, (2, 2, 5, 6)), (5, (1, 3, 4, 4)), (1, (2, 2, 3, 3))])

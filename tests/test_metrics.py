@@ -6,7 +6,11 @@ import warnings
 import numpy as np
 import pytest
 
-from mnist_classification.metrics import classification_report, confusion_matrix, cross_entropy
+from mnist_classification.metrics import (
+    classification_report,
+    confusion_matrix,
+    cross_entropy,
+)
 
 # Three classes; class "c" is never predicted.
 ACTUAL = np.array([0, 0, 0, 1, 1, 2, 2])

@@ -47,7 +47,8 @@ def test_integer_accepted_where_a_float_is_expected():
     ({"preprocess": {"val_fraction": 1.5}}, "strictly between 0 and 1"),
     ({"train": {"augment": {"enabled": "yes"}}}, "train.augment.enabled is 'yes' (str); expected true or false"),
     ({"train": {"cnn": 3}}, "train.cnn must be a mapping"),
-    ({"fetch": {"dataset": "cifar"}}, "fetch.dataset is 'cifar'; expected one of mnist, fashion-mnist"),
+    ({"fetch": {"dataset": "cifar"}}, "fetch.dataset is 'cifar'; expected one of mnist, fashion-mnist, custom"),
+    ({"fetch": {"custom": {"sha256": {"x": "abc"}}}}, "fetch.custom.sha256 is"),
 ])
 def test_bad_values_are_named(raw, fragment):
     with pytest.raises(PipelineError) as error:

@@ -1,0 +1,131 @@
+"""Training throughput versus the machine's float32 matrix-multiply peak.
+
+For each network it times the real training loop (``training.train``: batch
+gathering, forward, loss, backward, optimiser update) on random data, counts
+the floating-point work of its matrix products, and times the very same
+matrix products alone (preallocated, back to back) as the peak the loop could
+reach. Reports medians over ``--repeats`` runs:
+
+    python bench/bench_train.py                 # MLP 784-800-10, 784-256-10 and the default CNN
+    python bench/bench_train.py --only mlp800 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from mnist_classification.layers import Dense
+from mnist_classification.network import build_network
+from mnist_classification.optimizers import make_optimizer
+from mnist_classification.params import validate
+from mnist_classification.schedules import Schedule
+from mnist_classification.training import train
+
+CLASSES = [str(i) for i in range(10)]
+
+CONFIGS = {
+    "mlp800": {"model": "mlp", "hidden": [800], "dropout": 0.0},
+    "mlp256": {"model": "mlp", "hidden": [256], "dropout": 0.0},
+    "cnn": {"model": "cnn", "hidden": [128], "dropout": 0.0},
+}
+
+
+def matmul_shapes(network, batch: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matrix product one training step performs: forward, weight and input grads."""
+    shapes = []
+    shape = network.input_shape
+    for index, layer in enumerate(network.layers):
+        shapes += layer_matmuls(layer, shape, batch, first=index <= 1)
+        shape = layer.output_shape(shape)
+    return shapes
+
+
+def layer_matmuls(layer, in_shape, batch, first):
+    if isinstance(layer, Dense):
+        i, o = layer.in_features, layer.out_features
+        products = [(batch, i, o), (i, batch, o)]          # y = x W ; dW = x^T dy
+        if not first:
+            products.append((batch, o, i))                 # dx = dy W^T
+        return products
+    if hasattr(layer, "matmul_shapes"):
+        return layer.matmul_shapes(in_shape, batch, first)
+    return []
+
+
+def time_matmuls(shapes, repeats: int = 30) -> float:
+    """Seconds for one pass over ``shapes`` as bare float32 matrix products (median of repeats)."""
+    rng = np.random.default_rng(0)
+    operands = [(rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32),
+                 np.empty((m, n), np.float32)) for m, k, n in shapes]
+    for a, b, c in operands:
+        np.matmul(a, b, out=c)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for a, b, c in operands:
+            np.matmul(a, b, out=c)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_training(config: dict, samples: int, batch: int) -> float:
+    """Seconds of one epoch of the real training loop over ``samples`` random images."""
+    p = validate({"train": {**config, "optimizer": "adam", "schedule": "constant", "batch_size": batch}})["train"]
+    network = build_network(p, (28, 28), CLASSES, 0.0, 1.0)
+    optimizer = make_optimizer("adam", 1e-4, 0.9, 0.0)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((samples, 28, 28), dtype=np.float32)
+    labels = rng.integers(0, 10, samples).astype(np.uint8)
+    result = train(network, optimizer, Schedule("constant", 1e-4, 1), images, labels, images[:10], labels[:10],
+                   epochs=1, batch_size=batch, patience=0, rng=rng, progress=False)
+    return result.seconds, network
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(CONFIGS), action="append")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=0, help="samples per timed epoch (default: per model)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    machine = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "processor": platform.processor(),
+               "numpy": np.__version__, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+    results = {}
+    for name in args.only or list(CONFIGS):
+        samples = args.samples or (3200 if name == "cnn" else 25600)
+        seconds, network = [], None
+        for _ in range(args.repeats):
+            elapsed, network = time_training(CONFIGS[name], samples, args.batch)
+            seconds.append(elapsed)
+        loop = statistics.median(seconds)
+        shapes = matmul_shapes(network, args.batch)
+        flops_per_step = sum(2 * m * k * n for m, k, n in shapes)
+        steps = -(-samples // args.batch)
+        peak = flops_per_step / time_matmuls(shapes)
+        achieved = flops_per_step * steps / loop
+        results[name] = {"samples_per_second": round(samples / loop, 1), "loop_gflops": round(achieved / 1e9, 2),
+                         "matmul_peak_gflops": round(peak / 1e9, 2), "fraction_of_peak": round(achieved / peak, 3),
+                         "median_epoch_seconds": round(loop, 3), "samples": samples, "batch": args.batch,
+                         "parameters": network.count_parameters()}
+        if not args.json:
+            r = results[name]
+            print(f"{name:7s} {r['samples_per_second']:9.1f} samples/s  loop {r['loop_gflops']:6.2f} GFLOP/s  "
+                  f"matmul peak {r['matmul_peak_gflops']:6.2f} GFLOP/s  = {100 * r['fraction_of_peak']:.1f}% "
+                  f"(median of {args.repeats}, batch {args.batch})")
+    if args.json:
+        print(json.dumps({"machine": machine, "results": results}, indent=2))
+    else:
+        print(f"machine: {machine}")
+
+
+if __name__ == "__main__":
+    main()
