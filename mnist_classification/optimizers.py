@@ -10,104 +10,157 @@ Rules, with g the (decayed) gradient:
 - nesterov:  v = mu * v + g;  p -= lr * (g + mu * v)
 - adam:      m = b1 m + (1 - b1) g;  s = b2 s + (1 - b2) g^2;
              p -= lr * (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
+
+NumPy's elementwise arithmetic runs on one core; the update of a large
+parameter is split into contiguous chunks that run on a small thread pool
+(NumPy releases the GIL on large arrays), so the update uses every core, as
+the matrix products do.
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 Triples = list[tuple[np.ndarray, np.ndarray, bool]]
 
+_WORKERS = max(os.cpu_count() or 1, 1)
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="optimizer")
+    return _POOL
+
 
 class Optimizer:
-    """Base class: holds the learning rate, weight decay and per-parameter state."""
+    """Base class: learning rate, weight decay, per-parameter state and the chunked update."""
+
+    #: Number of state arrays (shaped like the parameter) the rule keeps.
+    state_arrays = 1
+    #: Parameters with at least this many elements are updated in parallel chunks. Measured on
+    #: 2 cores: pays for Adam's dozen passes over 627k weights (1.1 -> 0.77 ms a step), not for
+    #: the four passes of SGD or momentum, where thread hand-off costs more than it saves.
+    parallel_min_size = 1 << 62
 
     def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.steps = 0
-
-    def _gradient(self, param: np.ndarray, grad: np.ndarray, decayed: bool, scratch: np.ndarray) -> np.ndarray:
-        """The gradient with L2 decay added, written into ``scratch`` when decay applies."""
-        if decayed and self.weight_decay:
-            np.multiply(param, np.float32(self.weight_decay), out=scratch)
-            scratch += grad
-            return scratch
-        return grad
+        self._state: dict[int, list[np.ndarray]] = {}
 
     def update(self, triples: Triples) -> None:
         self.steps += 1
+        scalars = self._scalars()
+        jobs = []
         for index, (param, grad, decayed) in enumerate(triples):
-            self._step(index, param, grad, decayed)
+            if index not in self._state:
+                # The last state array is scratch space for temporaries.
+                self._state[index] = [np.zeros(param.size, param.dtype) for _ in range(self.state_arrays + 1)]
+            flat = [param.reshape(-1), grad.reshape(-1), *self._state[index]]
+            wd = np.float32(self.weight_decay if decayed else 0.0)
+            workers = _WORKERS if param.size >= self.parallel_min_size else 1
+            bounds = np.linspace(0, param.size, workers + 1).astype(int)
+            jobs += [(wd, [a[lo:hi] for a in flat]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        if len(jobs) == len(triples):
+            for wd, arrays in jobs:
+                self._kernel(wd, scalars, *arrays)
+        else:
+            for future in [_pool().submit(self._kernel, wd, scalars, *arrays) for wd, arrays in jobs]:
+                future.result()
 
-    def _step(self, index: int, param: np.ndarray, grad: np.ndarray, decayed: bool) -> None:
+    def _scalars(self) -> tuple:
+        """Step-dependent float32 constants shared by every chunk of this step."""
+        return (np.float32(self.lr),)
+
+    @staticmethod
+    def _decayed(param, grad, scratch, wd) -> np.ndarray:
+        """``grad + wd * param`` in ``scratch`` when ``wd`` is set, else ``grad`` itself."""
+        if not wd:
+            return grad
+        np.multiply(param, wd, out=scratch)
+        scratch += grad
+        return scratch
+
+    def _kernel(self, wd, scalars, param, grad, *state) -> None:
         raise NotImplementedError
-
-    def _buffers(self, index: int, param: np.ndarray, count: int) -> list[np.ndarray]:
-        """``count`` zero arrays shaped like ``param``, created once per parameter."""
-        store = self.__dict__.setdefault("_state", {})
-        if index not in store:
-            store[index] = [np.zeros_like(param) for _ in range(count)]
-        return store[index]
 
 
 class SGD(Optimizer):
-    def _step(self, index, param, grad, decayed):
-        decayed_grad, step = self._buffers(index, param, 2)
-        g = self._gradient(param, grad, decayed, decayed_grad)
-        np.multiply(g, np.float32(self.lr), out=step)
-        param -= step
+    state_arrays = 0
+
+    def _kernel(self, wd, scalars, param, grad, scratch):
+        (lr,) = scalars
+        g = self._decayed(param, grad, scratch, wd)
+        np.multiply(g, lr, out=scratch)
+        param -= scratch
 
 
 class Momentum(Optimizer):
     """Heavy-ball momentum, or Nesterov's accelerated gradient with ``nesterov=True``."""
+
+    state_arrays = 2
 
     def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(lr, weight_decay)
         self.momentum = float(momentum)
         self.nesterov = nesterov
 
-    def _step(self, index, param, grad, decayed):
-        velocity, decayed_grad, step = self._buffers(index, param, 3)
-        g = self._gradient(param, grad, decayed, decayed_grad)
-        mu = np.float32(self.momentum)
+    def _scalars(self):
+        return np.float32(self.lr), np.float32(self.momentum)
+
+    def _kernel(self, wd, scalars, param, grad, velocity, decayed_grad, step):
+        lr, mu = scalars
+        g = self._decayed(param, grad, decayed_grad, wd)
         velocity *= mu
         velocity += g
         if self.nesterov:
             np.multiply(velocity, mu, out=step)
             step += g
-            step *= np.float32(self.lr)
+            step *= lr
         else:
-            np.multiply(velocity, np.float32(self.lr), out=step)
+            np.multiply(velocity, lr, out=step)
         param -= step
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias-corrected moments."""
 
+    state_arrays = 3
+    parallel_min_size = 1 << 16
+
     def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
-    def _step(self, index, param, grad, decayed):
-        m, s, decayed_grad, step = self._buffers(index, param, 4)
-        g = self._gradient(param, grad, decayed, decayed_grad)
-        m *= np.float32(self.beta1)
-        np.multiply(g, np.float32(1 - self.beta1), out=step)
-        m += step
-        s *= np.float32(self.beta2)
-        np.multiply(g, g, out=step)
-        step *= np.float32(1 - self.beta2)
-        s += step
+    def _scalars(self):
         t = self.steps
         # Both bias corrections folded into the step size and epsilon:
         # mhat / (sqrt(shat) + eps) = m * c2 / (1 - b1^t) / (sqrt(s) + eps * c2), c2 = sqrt(1 - b2^t).
         correction2 = np.sqrt(1 - self.beta2 ** t)
+        return (np.float32(self.beta1), np.float32(1 - self.beta1), np.float32(self.beta2),
+                np.float32(1 - self.beta2), np.float32(self.eps * correction2),
+                np.float32(self.lr * correction2 / (1 - self.beta1 ** t)))
+
+    def _kernel(self, wd, scalars, param, grad, m, s, decayed_grad, step):
+        b1, one_minus_b1, b2, one_minus_b2, eps, step_size = scalars
+        g = self._decayed(param, grad, decayed_grad, wd)
+        m *= b1
+        np.multiply(g, one_minus_b1, out=step)
+        m += step
+        s *= b2
+        np.multiply(g, g, out=step)
+        step *= one_minus_b2
+        s += step
         np.sqrt(s, out=step)
-        step += np.float32(self.eps * correction2)
+        step += eps
         np.divide(m, step, out=step)
-        step *= np.float32(self.lr * correction2 / (1 - self.beta1 ** t))
+        step *= step_size
         param -= step
 
 
