@@ -1,0 +1,125 @@
+"""Data augmentation for training batches: random affine transforms and elastic distortion.
+
+Every image of a batch gets its own random transform, and the whole batch is
+resampled at once with bilinear interpolation (no Python loop over images or
+pixels). The transform maps each *output* pixel to the input position it
+samples; positions outside the image read ``background`` (the standardised
+value of a black pixel).
+
+- affine: rotation within ±``rotation`` degrees, scale within 1 ± ``scale``,
+  shear within ±``shear`` (tangent of the shear angle), translation within
+  ±``shift`` pixels in x and y;
+- elastic (Simard et al. 2003): a displacement field drawn uniformly from
+  [-1, 1] per pixel and axis, smoothed by a Gaussian of ``elastic_sigma``
+  pixels and scaled by ``elastic_alpha`` pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def gaussian_matrix(size: int, sigma: float) -> np.ndarray:
+    """(size, size) float32 matrix whose product with a signal smooths it by a Gaussian of ``sigma`` pixels.
+
+    Rows sum to one, so a constant field stays constant up to the borders.
+    """
+    offsets = np.arange(size, dtype=np.float32)
+    weights = np.exp(-0.5 * ((offsets[:, None] - offsets[None, :]) / np.float32(sigma)) ** 2)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def warp(images: np.ndarray, matrices: np.ndarray, background: float,
+         displacement: np.ndarray | None = None) -> np.ndarray:
+    """Resample images (N, H, W) float32 through per-image affine maps, bilinearly.
+
+    ``matrices`` (N, 2, 3) maps output pixel (x, y), measured from the image
+    centre, to the input position it samples: ``[sx, sy] = M[:, :2] @ [x, y] + M[:, 2]``
+    (also from the centre). ``displacement`` (N, 2, H, W), optional, adds (dx, dy)
+    pixels to every sampled position. Returns float32 (N, H, W).
+    """
+    n, h, w = images.shape
+    cy, cx = np.float32((h - 1) / 2), np.float32((w - 1) / 2)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    ys -= cy
+    xs -= cx
+    m = matrices.astype(np.float32)[:, :, :, None, None]  # (N, 2, 3, 1, 1)
+    src_x = m[:, 0, 0] * xs + m[:, 0, 1] * ys + m[:, 0, 2] + cx
+    src_y = m[:, 1, 0] * xs + m[:, 1, 1] * ys + m[:, 1, 2] + cy
+    if displacement is not None:
+        src_x += displacement[:, 0]
+        src_y += displacement[:, 1]
+    # Pad with two pixels of background: clipping a sample's top-left tap into the padded
+    # range then puts every tap of an outside sample on background, so no masks are needed.
+    pad = 2
+    padded = np.full((n, h + 2 * pad, w + 2 * pad), background, dtype=np.float32)
+    padded[:, pad:pad + h, pad:pad + w] = images
+    x0, y0 = np.floor(src_x), np.floor(src_y)
+    fx, fy = src_x - x0, src_y - y0
+    pw = w + 2 * pad
+    # Clip in float32 and convert once: integer clipping is several times slower in NumPy.
+    col = np.clip(x0 + pad, 0, w + pad).astype(np.int32)
+    row = np.clip(y0 + pad, 0, h + pad).astype(np.int32)
+    index = (np.arange(n, dtype=np.intp) * ((h + 2 * pad) * pw))[:, None, None] + (row * pw + col)
+    flat = padded.reshape(-1)
+    top = flat[index]
+    top += fx * (flat[index + 1] - top)
+    bottom = flat[index + pw]
+    bottom += fx * (flat[index + pw + 1] - bottom)
+    top += fy * (bottom - top)
+    return top
+
+
+class Augmenter:
+    """Random affine (+ optional elastic) augmentation of batches; ``augmenter(images, background)``."""
+
+    def __init__(self, shift: float, rotation: float, scale: float, shear: float,
+                 elastic_alpha: float, elastic_sigma: float, rng: np.random.Generator) -> None:
+        self.shift, self.rotation, self.scale, self.shear = shift, rotation, scale, shear
+        self.elastic_alpha, self.elastic_sigma = elastic_alpha, elastic_sigma
+        self.rng = rng
+        self._smoothers: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_params(cls, section: dict, rng: np.random.Generator) -> "Augmenter | None":
+        """Build from the ``train.augment`` params section; None when ``enabled`` is false."""
+        if not section["enabled"]:
+            return None
+        return cls(section["shift"], section["rotation"], section["scale"], section["shear"],
+                   section["elastic_alpha"], section["elastic_sigma"], rng)
+
+    def random_matrices(self, n: int) -> np.ndarray:
+        """(n, 2, 3) output-to-input maps: inverses of random forward transforms R(angle) S(shear) Z(scale)."""
+        rng = self.rng
+        angle = np.deg2rad(rng.uniform(-self.rotation, self.rotation, n))
+        zoom = rng.uniform(1 - self.scale, 1 + self.scale, n)
+        shear = rng.uniform(-self.shear, self.shear, n)
+        shift = rng.uniform(-self.shift, self.shift, (n, 2))
+        cos, sin = np.cos(angle), np.sin(angle)
+        rotate = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+        skew = np.zeros((n, 2, 2))
+        skew[:, 0, 0] = skew[:, 1, 1] = 1
+        skew[:, 0, 1] = shear
+        forward = rotate @ skew * zoom[:, None, None]
+        inverse = np.linalg.inv(forward)
+        # Output o = F (i) + t  =>  input i = F^-1 (o - t) = F^-1 o - F^-1 t.
+        offset = -(inverse @ shift[:, :, None])[:, :, 0]
+        return np.concatenate([inverse, offset[:, :, None]], axis=2)
+
+    def random_displacement(self, n: int, h: int, w: int) -> np.ndarray:
+        """(n, 2, h, w) float32 smoothed random displacement in pixels."""
+        field = self.rng.uniform(-1, 1, (n, 2, h, w)).astype(np.float32)
+        rows, cols = self._smoother(h), self._smoother(w)
+        smoothed = rows @ field @ cols.T
+        smoothed *= np.float32(self.elastic_alpha)
+        return smoothed
+
+    def _smoother(self, size: int) -> np.ndarray:
+        if size not in self._smoothers:
+            self._smoothers[size] = gaussian_matrix(size, self.elastic_sigma)
+        return self._smoothers[size]
+
+    def __call__(self, images: np.ndarray, background: float) -> np.ndarray:
+        n, h, w = images.shape
+        displacement = self.random_displacement(n, h, w) if self.elastic_alpha > 0 else None
+        return warp(images, self.random_matrices(n), background, displacement)
