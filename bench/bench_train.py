@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from mnist_classification.conv import Conv2D
 from mnist_classification.layers import Dense
 from mnist_classification.network import build_network
 from mnist_classification.optimizers import make_optimizer
@@ -42,7 +43,7 @@ def matmul_shapes(network, batch: int) -> list[tuple[int, int, int]]:
     shapes = []
     shape = network.input_shape
     for index, layer in enumerate(network.layers):
-        shapes += layer_matmuls(layer, shape, batch, first=index <= 1)
+        shapes += layer_matmuls(layer, shape, batch, first=index <= 1 or all(not l.params for l in network.layers[:index]))
         shape = layer.output_shape(shape)
     return shapes
 
@@ -54,8 +55,13 @@ def layer_matmuls(layer, in_shape, batch, first):
         if not first:
             products.append((batch, o, i))                 # dx = dy W^T
         return products
-    if hasattr(layer, "matmul_shapes"):
-        return layer.matmul_shapes(in_shape, batch, first)
+    if isinstance(layer, Conv2D):
+        c, h, w = in_shape
+        f, kk, pixels = layer.out_channels, layer.kernel_size ** 2, batch * h * w
+        products = [(f, c * kk, pixels), (f, pixels, c * kk)]   # Y = W cols ; dW = dY cols^T
+        if not first:
+            products.append((c, f * kk, pixels))                # dX via the rotated kernel
+        return products
     return []
 
 

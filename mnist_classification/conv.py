@@ -3,26 +3,36 @@
 Tensors are (N, C, H, W). :class:`Conv2D` uses 'same' zero padding and stride
 1, so it keeps H and W; :class:`MaxPool2D` halves them (for ``size=2``).
 
-How the convolution runs (one BLAS matrix multiply per product):
+Memory layout: the matrix products below naturally produce channel-major
+(C, N, H, W) memory, so the conv layers return their (N, C, H, W) results as
+transposed *views* of channel-major arrays instead of copying them. NumPy's
+elementwise layers (ReLU, ...) keep that layout, batch norm and pooling work
+on it directly, and the next convolution reads it without a copy; Flatten's
+reshape makes the one copy back to (N, C*H*W) order. Any input layout is
+accepted (a non-channel-major input costs one transposing copy).
 
-* forward: the input is copied once into channel-major layout (C, N, H, W);
-  im2col copies it k*k times (one shifted slice per kernel offset, borders
-  zero-filled) into a column matrix ``cols`` (C*k*k, N*H*W); then
-  ``Y = W @ cols`` with W (F, C*k*k) gives (F, N*H*W), which is transposed
-  back to (N, F, H, W) while the bias is added.
-* backward: ``dW = dY @ cols.T`` (as ``(cols @ dY.T).T``) and ``db = sum(dY)``. The input gradient
-  ``dX = col2im(W.T @ dY)`` is computed in its equivalent, faster form: the
-  gradient of a stride-1 'same' convolution is the 'same' convolution of dY
-  with the kernel rotated by 180 degrees and its channel axes swapped, i.e.
-  im2col of dY and ``W_rot (C, F*k*k) @ cols_dY``. Each input pixel gathers
-  its k*k contributions inside the matrix multiply instead of in k*k strided
-  scatter-adds over the image (measured about twice as fast as col2im here).
+How the convolution runs (one BLAS matrix multiply per product, no loop over
+samples or pixels):
+
+* forward: im2col copies the channel-major input k*k times (one shifted slice
+  per kernel offset, borders zero-filled) into a column matrix ``cols``
+  (C*k*k, N*H*W); ``Y = W @ cols`` with W (F, C*k*k) gives (F, N*H*W) = the
+  channel-major output; the bias is added in place.
+* backward: ``dW = dY @ cols.T`` (computed as ``(cols @ dY.T).T``) and
+  ``db = sum(dY)``. The input gradient is either ``col2im(W.T @ dY)``
+  (k*k strided scatter-adds) or, equivalently, the 'same' convolution of dY
+  with the kernel rotated by 180 degrees and its channel axes swapped (im2col
+  of dY, then ``W_rot (C, F*k*k) @ cols_dY``). The first moves C*k*k rows, the
+  second F*k*k rows but with plain copies; :data:`COL2IM_COST` picks the
+  cheaper (col2im for 1 -> 32 and 32 -> 64 channels, the rotated kernel for
+  32 -> 32 and 64 -> 64).
 
 The big column matrix lives in a per-layer buffer that is reused from batch to
 batch (it grows when a larger batch arrives) and shared by the forward columns
-and the backward dY columns, which are never needed at the same time. At
-inference, batches are split into chunks so that the column matrix stays
-below ~128 MB whatever the batch size.
+and the backward dY / dcols columns, which are never needed at the same time
+(so ``backward`` runs once per training ``forward``). At inference, batches are
+split into chunks so that the column matrix stays below ~128 MB whatever the
+batch size.
 """
 
 from __future__ import annotations
@@ -33,9 +43,11 @@ from .batchnorm import BatchNorm2D, channel_major, from_channel_major
 from .initialisation import init_weights
 from .layers import ACTIVATIONS, FLOAT, Layer
 
-#: col2im (scatter-adds) costs about this many times an im2col copy per element; the backward
-#: pass uses it for the input gradient when in_channels * COL2IM_COST < out_channels.
-COL2IM_COST = 3
+#: col2im (strided scatter-adds over C*k*k rows) costs about this many times an im2col copy
+#: of dY (F*k*k rows) per element: measured on 128-image batches it wins clearly for 1 -> 32
+#: channels, slightly for 32 -> 64 and loses by ~20% for 32 -> 32 and 64 -> 64. The backward
+#: pass uses col2im for the input gradient when in_channels * COL2IM_COST <= out_channels.
+COL2IM_COST = 2
 
 #: Inference splits batches so that one column matrix holds at most this many elements.
 INFERENCE_COLUMN_BUDGET = 1 << 25
@@ -210,7 +222,7 @@ class Conv2D(Layer):
         """Input-gradient method: col2im when it moves less data than im2col of dY does."""
         if self.input_grad_method != "auto":
             return self.input_grad_method == "col2im"
-        return COL2IM_COST * self.in_channels < self.out_channels
+        return COL2IM_COST * self.in_channels <= self.out_channels
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:

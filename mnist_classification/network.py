@@ -39,8 +39,12 @@ class Network:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.classes = list(classes)
         self.mean, self.std = float(mean), float(std)
-        if layers:
-            layers[0].needs_input_grad = False
+        # Nothing uses the gradient with respect to the images: layers up to and including
+        # the first one with parameters skip computing their input gradient.
+        for layer in layers:
+            layer.needs_input_grad = False
+            if layer.params:
+                break
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         for layer in self.layers:
@@ -49,6 +53,8 @@ class Network:
 
     def backward(self, grad: np.ndarray) -> None:
         for layer in reversed(self.layers):
+            if not layer.needs_input_grad and not layer.params:
+                break
             grad = layer.backward(grad)
 
     def trainable(self) -> list[tuple[np.ndarray, np.ndarray, bool]]:

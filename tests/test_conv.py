@@ -285,3 +285,24 @@ def test_float64_layers_stay_float64():
     to_float64(layer)
     y = layer.forward(np.ones((1, 2, 4, 4)), training=True)
     assert y.dtype == np.float64 and layer.backward(np.ones_like(y)).dtype == np.float64
+
+
+@pytest.mark.parametrize("make", [lambda: Conv2D(3, 4, 3), lambda: MaxPool2D(2), lambda: BatchNorm2D(3)],
+                         ids=["conv2d", "maxpool2d", "batchnorm2d"])
+def test_layers_agree_on_contiguous_and_channel_major_inputs(make):
+    # Conv layers hand each other channel-major memory viewed as (N, C, H, W); plain (N, C, H, W)
+    # arrays must give the same results, forward and backward.
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    x_major = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    results = []
+    for inp in (x, x_major):
+        layer = make()
+        y = layer.forward(inp, training=True)
+        g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+        results.append((y.copy(), layer.backward(g).copy(), {k: v.copy() for k, v in layer.grads.items()}))
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-5, atol=1e-6)
+    for name in g1:
+        np.testing.assert_allclose(g1[name], g2[name], rtol=1e-5, atol=1e-5)
