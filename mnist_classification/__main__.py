@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import run_cli
 
@@ -25,12 +25,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": (
         "mnist_classification.predict",
         "classify digit images or a batch of MNIST-style images with a trained model",
-        "Classify your own digit images with a trained model (MLP or CNN). Each image (PNG or JPEG, one "
+        ("Classify your own digit images with a trained model (MLP or CNN). Each image (PNG or JPEG, one "
         "digit, dark on light or light on dark) is converted to an MNIST-like 28x28 input the way MNIST "
         "was made - grayscale, ink made white on black, cropped to the ink, scaled to fit 20x20 keeping "
         "its aspect ratio, centred by its centre of mass - and normalised with the model's own "
         "statistics; the predicted class, its probability and the top three are printed. A .npy or IDX "
-        "file is a batch of images that are already MNIST-like; its predictions go to a CSV.",
+        "file is a batch of images that are already MNIST-like; its predictions go to a CSV."),
     ),
 }
 

@@ -5,8 +5,9 @@ Inputs, recognised by their name (and checked by their content):
 - Images (``.png``, ``.jpg``/``.jpeg``; anything else Pillow decodes also
   works): one digit per image, in any size, dark-on-light or light-on-dark.
   Each goes through :func:`mnist_classification.digit_image.prepare_digit`
-  (grayscale, polarity, crop, 20x20 box, centre of mass in 28x28) and the
-  result is printed: predicted class, its probability and the top three.
+  (grayscale, polarity, crop, stroke width, 20x20 box, centre of mass in
+  28x28) and the result is printed: predicted class, its probability and the
+  top three. ``--show`` writes that 28x28 model input next to the image.
 - Batches, written to a CSV (``--output``, columns index, predicted,
   probability, top3) with one row per image:
 
@@ -94,7 +95,7 @@ def input_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return "npy"
-    stem = name[:-3] if name.endswith(".gz") else name
+    stem = name.removesuffix(".gz")
     if stem.endswith(".idx") or "-ubyte" in stem or "idx1" in stem or "idx3" in stem:
         return "idx"
     if suffix in IMAGE_SUFFIXES:
@@ -181,7 +182,7 @@ def read_image(path: str | Path) -> np.ndarray:
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except UnidentifiedImageError:
-        raise PipelineError(f"{path} is not an image Pillow can decode; {expected}") from None
+        raise PipelineError(f"{path} {_undecodable(path)}; {expected}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PipelineError(f"{path} is too large (more than {MAX_IMAGE_PIXELS} pixels); {expected}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
@@ -192,12 +193,28 @@ def read_image(path: str | Path) -> np.ndarray:
     return _orient(array, orientation)
 
 
-def prepare_image(path: str | Path) -> np.ndarray:
-    """Read one digit image and turn it into MNIST-like uint8 (28, 28); errors name the file."""
+def _undecodable(path: Path) -> str:
+    """Why Pillow could not identify ``path``: empty file, empty PNG, or not an image at all."""
+    head = _read_head(path, 24)
+    if not head:
+        return "is an empty file (0 bytes)"
+    if head.startswith(_PNG_MAGIC) and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        if width == 0 or height == 0:
+            return f"is an empty image ({width}x{height} pixels)"
+        return "is a damaged PNG file"
+    return "is not an image Pillow can decode"
+
+
+def prepare_image(path: str | Path, stroke: bool = True) -> np.ndarray:
+    """Read one digit image and turn it into MNIST-like uint8 (28, 28); errors name the file.
+
+    ``stroke=False`` keeps the strokes' width (see :func:`digit_image.normalise_stroke`).
+    """
     path = Path(path)
     array = read_image(path)
     try:
-        return prepare_digit(array)
+        return prepare_digit(array, stroke=stroke)
     except PipelineError as exc:
         raise PipelineError(f"{path}: {exc}") from None
 
@@ -241,7 +258,7 @@ def load_npy(path: str | Path) -> np.ndarray:
         raise PipelineError(f"{path} is not a readable .npy file ({exc})") from None
     except (OSError, EOFError) as exc:
         raise PipelineError(f"{path} is truncated or corrupt ({exc})") from None
-    if array.ndim == 2:
+    if array.shape == (SIZE, SIZE):
         array = array[None]
     if array.ndim != 3 or array.shape[1:] != (SIZE, SIZE) or array.shape[0] == 0:
         raise PipelineError(f"{path}: array has shape {array.shape}; {_EXPECTED_BATCH} "
@@ -283,9 +300,14 @@ def load_model(path: str | Path) -> Network:
     return network
 
 
-def classify(network: Network, images_u8: np.ndarray) -> np.ndarray:
+def classify(network: Network, images_u8: np.ndarray, model: str | Path = "the model") -> np.ndarray:
     """Class probabilities (N, K) for uint8 images (N, 28, 28), using the model's normalisation."""
-    return network.predict_proba(standardise(images_u8, network.mean, network.std))
+    with np.errstate(over="ignore", invalid="ignore"):
+        probabilities = network.predict_proba(standardise(images_u8, network.mean, network.std))
+    if not np.all(np.isfinite(probabilities)):
+        raise PipelineError(f"model file {model} gives NaN or infinite probabilities (its weights overflow); "
+                            "retrain it with a smaller train.lr")
+    return probabilities
 
 
 def top_predictions(probabilities: np.ndarray, classes: list[str], k: int = TOP_K) -> list[Prediction]:
@@ -386,6 +408,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", action="store_true",
                         help="write each image's preprocessed 28x28 model input next to it as "
                              "<input stem>.preprocessed.png")
+    parser.add_argument("--keep-stroke-width", action="store_true",
+                        help="leave the stroke width as drawn (by default hairlines are thickened and "
+                             "marker strokes thinned into MNIST's range, a step MNIST itself did not need)")
     parser.add_argument("--output", type=Path, default=None, metavar="PATH",
                         help=f"CSV for batch predictions (default: {DEFAULT_OUTPUT}); columns "
                              f"{','.join(CSV_COLUMNS)}")
@@ -404,13 +429,13 @@ def run(args: argparse.Namespace) -> None:
     network = load_model(args.model)
 
     # Read and check every input before writing anything.
-    prepared = [prepare_image(path) for path in image_paths]
+    prepared = [prepare_image(path, stroke=not args.keep_stroke_width) for path in image_paths]
     batch_images = load_batch(batch_paths[0]) if batch_paths else None
 
     images: list[ImageResult] = []
     if prepared:
         stacked = np.stack(prepared)
-        predictions = top_predictions(classify(network, stacked), network.classes)
+        predictions = top_predictions(classify(network, stacked, args.model), network.classes)
         previews = preview_paths(image_paths) if args.show else [None] * len(image_paths)
         for path, pred, preview, pixels in zip(image_paths, predictions, previews, prepared):
             if preview is not None:
@@ -419,7 +444,7 @@ def run(args: argparse.Namespace) -> None:
     batch = None
     if batch_images is not None:
         output = args.output if args.output is not None else DEFAULT_OUTPUT
-        predictions = top_predictions(classify(network, batch_images), network.classes)
+        predictions = top_predictions(classify(network, batch_images, args.model), network.classes)
         atomic.write_csv(output, CSV_COLUMNS, csv_rows(predictions))
         batch = BatchResult(batch_paths[0], output, predictions)
     text = format_json(args.model, images, batch) if args.json else format_text(images, batch)

@@ -6,9 +6,11 @@ is a pure function applied when the data are loaded.
 
 from __future__ import annotations
 
+import lzma
 import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,9 @@ def load_prepared(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     hint = "run the preprocess stage again (dvc repro preprocess)"
     try:
+        with open(path, "rb") as handle:
+            if handle.read(2) != b"PK":  # np.load would return a bare .npy array
+                raise PipelineError(f"{path} is not an .npz archive; {hint}")
         with np.load(path, allow_pickle=False) as npz:
             missing = {"images", "labels"} - set(npz.files)
             if missing:
@@ -95,7 +100,8 @@ def load_prepared(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise PipelineError(f"{path} not found; {hint}") from None
     except PipelineError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error, lzma.LZMAError,
+            NotImplementedError, RuntimeError) as exc:
         raise PipelineError(f"{path} is not a readable .npz file ({exc}); {hint}") from None
     try:
         check_images_labels(images, labels, str(path))

@@ -104,6 +104,8 @@ def train(network: Network, optimizer: Optimizer, schedule: Schedule,
         if not math.isfinite(train_loss) or train_loss > divergence_limit:
             raise _diverged(epoch, train_loss, schedule.lr)
         val_loss, val_accuracy = evaluate(network, val_images, val_labels)
+        if not math.isfinite(val_loss):  # the epoch's last update overflowed the weights
+            raise _diverged(epoch, val_loss, schedule.lr, "validation loss")
         result.samples_seen += n
         result.history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
                                "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": optimizer.lr})
@@ -123,9 +125,9 @@ def train(network: Network, optimizer: Optimizer, schedule: Schedule,
     return result
 
 
-def _diverged(epoch: int, loss: float, lr: float) -> TrainingDiverged:
+def _diverged(epoch: int, loss: float, lr: float, which: str = "training loss") -> TrainingDiverged:
     return TrainingDiverged(
-        f"training diverged at epoch {epoch}: the training loss became {loss:.4g}. "
+        f"training diverged at epoch {epoch}: the {which} became {loss:.4g}. "
         f"Try a smaller learning rate than train.lr={lr:g}, e.g. `dvc exp run -S train.lr={lr / 10:g}`; "
         "no model was written"
     )

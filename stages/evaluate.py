@@ -10,6 +10,8 @@ Every input is read and checked before the first output is written.
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from mnist_classification.atomic import write_csv, write_json
 from mnist_classification.errors import PipelineError, run_cli
 from mnist_classification.metrics import classification_report, confusion_matrix
@@ -48,7 +50,11 @@ def main() -> None:
         raise PipelineError(f"{TEST} has label {int(labels.max())} but {MODEL} knows only {len(classes)} "
                             f"classes; re-run the pipeline (dvc repro)")
 
-    probabilities = network.predict_proba(standardise(images, network.mean, network.std))
+    with np.errstate(over="ignore", invalid="ignore"):
+        probabilities = network.predict_proba(standardise(images, network.mean, network.std))
+    if not np.all(np.isfinite(probabilities)):
+        raise PipelineError(f"model file {MODEL} gives NaN or infinite outputs on {TEST} (its weights "
+                            "overflow); retrain it with a smaller train.lr (dvc repro)")
     predicted = probabilities.argmax(axis=1)
     report = classification_report(labels, predicted, probabilities, classes)
 

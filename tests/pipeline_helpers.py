@@ -18,6 +18,9 @@ from mnist_classification.idx import encode_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "mnist_classification", "pyproject.toml", ".dvcignore")
+# The project's own DVC settings that temp copies share (never its remotes), and the files they name.
+DVC_SETTINGS = {"cache": ("type",), "plots": ("html_template",)}
+DVC_FILES = ("plots_template.html",)
 
 
 def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,9 +67,35 @@ def make_project(tmp: Path, pins: dict[str, str], train_overrides: dict | None =
     run(["git", "config", "user.email", "test@example.com"], project)
     run(["git", "config", "user.name", "test"], project)
     run(["dvc", "init", "-q"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "project"], project)
+    copy_dvc_settings(project)
+    commit_all(project, "project")
     return project
+
+
+def copy_dvc_settings(project: Path) -> None:
+    """Give the copy the project's cache link types and plots template (``DVC_SETTINGS``), not its remotes."""
+    from configobj import ConfigObj  # DVC's own config library
+
+    source, target = ConfigObj(str(ROOT / ".dvc" / "config")), ConfigObj(str(project / ".dvc" / "config"))
+    for section, keys in DVC_SETTINGS.items():
+        for key in keys:
+            if key in source.get(section, {}):
+                target.setdefault(section, {})[key] = source[section][key]
+    target.write()
+    for name in DVC_FILES:
+        if (ROOT / ".dvc" / name).is_file():
+            shutil.copy2(ROOT / ".dvc" / name, project / ".dvc" / name)
+
+
+def commit_all(project: Path, message: str) -> None:
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", message], project)
+
+
+def add_local_remote(project: Path, storage: Path, name: str = "storage") -> None:
+    """Make a local directory the default DVC remote of ``project`` and commit the config."""
+    run(["dvc", "remote", "add", "-d", name, str(storage)], project)
+    commit_all(project, f"DVC remote {name}")
 
 
 def project_env(project: Path, mirror: Path | None) -> dict[str, str]:

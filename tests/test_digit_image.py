@@ -36,6 +36,12 @@ def ring(size=120, outer=40, inner=28, centre=(60, 60)):
     return ((r <= outer) & (r >= inner)).astype(np.float32)
 
 
+def tight(image):
+    """``image`` cropped to its non-zero pixels."""
+    rows, cols = np.nonzero(image.any(axis=1))[0], np.nonzero(image.any(axis=0))[0]
+    return image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
 def paper(ink, background=0.85, ink_level=0.15, noise=0.0, seed=0):
     """``ink`` coverage drawn dark on light paper, with optional Gaussian noise."""
     image = background + (ink_level - background) * ink
@@ -144,7 +150,7 @@ def test_crop_bounds_of_a_noisy_rectangle():
     crop = crop_to_ink(image)
     assert crop.shape == (50, 15) and crop.dtype == np.float32
     assert crop.min() >= 0 and crop.max() == 1
-    assert np.median(crop) == 1  # the stroke core is stretched to full white
+    assert np.mean(crop == 1) >= 0.5  # the stroke core is stretched to full white despite the noise
 
 
 def test_crop_ignores_specks_and_jpeg_like_ringing():
@@ -277,8 +283,8 @@ def test_stroke_width_of_a_bar():
 
 @pytest.mark.parametrize("outer, inner", [(40, 38.5), (40, 18)])  # hairline and marker zeros
 def test_stroke_normalisation_moves_width_into_mnist_range(outer, inner):
-    digit = ring(120, outer, inner)[20:101, 4:117]
-    before = stroke_width(resize(digit, 80, 80 * digit.shape[1] // digit.shape[0]) > 0.5) / STROKE_WORK
+    digit = tight(ring(120, outer, inner))
+    before = stroke_width(resize(digit, 80, round(80 * digit.shape[1] / digit.shape[0])) > 0.5) / STROKE_WORK
     assert not STROKE_BAND[0] <= before <= STROKE_BAND[1]
     out = normalise_stroke(digit)
     width = stroke_width(out > 0.5) * 20 / max(out.shape)
@@ -287,7 +293,7 @@ def test_stroke_normalisation_moves_width_into_mnist_range(outer, inner):
 
 
 def test_stroke_normalisation_leaves_mnist_like_strokes_alone():
-    digit = ring(120, 40, 30)[20:101, 4:117]
+    digit = tight(ring(120, 40, 30))
     out = normalise_stroke(digit)
     assert max(out.shape) == 80
     assert stroke_width(out > 0.5) / STROKE_WORK == pytest.approx(
