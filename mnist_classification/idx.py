@@ -64,7 +64,12 @@ def parse_idx(data: bytes, source: str) -> np.ndarray:
             f"{source}: IDX header declares {shape} = {expected} bytes of data but the file holds {payload}; "
             "the file is truncated or corrupt"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    try:
+        return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    except ValueError:  # e.g. 0 x 3000000000 x 3000000000: no data, but more than NumPy can index
+        shape = "x".join(str(d) for d in dims)
+        raise PipelineError(f"{source}: IDX header declares dimensions {shape}, which no array can have; "
+                            f"the file is corrupt; {_REFETCH}") from None
 
 
 def encode_idx(array: np.ndarray) -> bytes:

@@ -95,11 +95,11 @@ def input_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return "npy"
+    if suffix in IMAGE_SUFFIXES:  # before the IDX name patterns: "idx3-sketch.png" is an image
+        return "image"
     stem = name.removesuffix(".gz")
     if stem.endswith(".idx") or "-ubyte" in stem or "idx1" in stem or "idx3" in stem:
         return "idx"
-    if suffix in IMAGE_SUFFIXES:
-        return "image"
     head = _read_head(path)
     if head.startswith(_NPY_MAGIC):
         return "npy"

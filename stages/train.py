@@ -50,9 +50,11 @@ def main() -> None:
         def augment(batch):
             return augmenter(batch, background)
 
-    result = train(network, optimizer, schedule, train_images, train_labels, val_images, val_labels,
-                   p["epochs"], p["batch_size"], p["patience"], np.random.default_rng([p["seed"], 2]),
-                   augment=augment, progress=True)
+    # A diverging run overflows before train() notices the loss; its TrainingDiverged is the one message.
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = train(network, optimizer, schedule, train_images, train_labels, val_images, val_labels,
+                       p["epochs"], p["batch_size"], p["patience"], np.random.default_rng([p["seed"], 2]),
+                       augment=augment, progress=True)
 
     network.save(MODEL)
     atomic.write_csv(HISTORY, HISTORY_COLUMNS,

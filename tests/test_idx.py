@@ -168,7 +168,7 @@ def test_wrong_image_size_and_swapped_files(tmp_path):
 _VALID = [encode_idx(np.arange(12, dtype=np.uint8)), encode_idx(np.ones((2, 2, 3), np.uint8))]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=64))
 def test_fuzz_random_bytes(data):
     try:
@@ -178,7 +178,7 @@ def test_fuzz_random_bytes(data):
     assert out.dtype == np.uint8 and out.ndim in (1, 3)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.sampled_from(_VALID), st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), max_size=4),
        st.integers(0, 40), st.booleans())
 def test_fuzz_mutated_files(valid, edits, cut, compress):
