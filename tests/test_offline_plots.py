@@ -85,7 +85,7 @@ def test_default_dvc_page_needs_the_internet(project, browser, tmp_path):
     template = tmp_path / "dvc_default.html"
     template.write_text(PAGE_HTML)
     run(["dvc", "plots", "show", "--html-template", str(template), "-o", "dvc_plots_default"], project, env)
-    report = render(project / "dvc_plots_default" / "index.html", tmp_path / "default.png", browser, 3000)
+    report = render(project / "dvc_plots_default" / "index.html", tmp_path / "default.png", browser, 1500)
     assert any("cdn.jsdelivr.net" in url for url in report["externalRequests"]), report
     assert report["vegaPlots"] == VEGA_PLOTS and report["vegaRendered"] == [], report
 
