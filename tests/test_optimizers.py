@@ -119,18 +119,3 @@ def test_unknown_schedule():
     with pytest.raises(ValueError):
         Schedule("linear", 0.1, epochs=3)
 
-
-@pytest.mark.parametrize("name", ["sgd", "nesterov", "adam"])
-def test_chunked_parallel_update_equals_the_whole_array_update(name, monkeypatch):
-    rng = np.random.default_rng(0)
-    start, grads = rng.standard_normal(300_001).astype(np.float32), rng.standard_normal((3, 300_001)).astype(np.float32)
-    results = []
-    for threshold in (1 << 62, 1000):
-        opt = make_optimizer(name, 0.01, 0.9, 0.01)
-        monkeypatch.setattr(opt, "parallel_min_size", threshold)
-        monkeypatch.setattr("mnist_classification.optimizers._WORKERS", 3)
-        p = start.copy()
-        for g in grads:
-            opt.update([(p, g, True)])
-        results.append(p)
-    np.testing.assert_array_equal(results[0], results[1])
