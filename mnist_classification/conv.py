@@ -53,20 +53,26 @@ COL2IM_COST = 2
 INFERENCE_COLUMN_BUDGET = 1 << 25
 
 
-def _col2im(dcols: np.ndarray, dx: np.ndarray, k: int) -> None:
-    """Adjoint of :func:`_im2col`: ``dx`` (C, N, H, W) = sum over offsets of ``dcols`` (C, k, k, N, H, W)."""
+def _offsets(k: int, height: int, width: int):
+    """For each kernel offset (i, j): its shift (di, dj) and the output rows h0:h1, columns w0:w1
+    whose shifted source pixel lies inside the image ('same' padding, stride 1)."""
     p = k // 2
-    height, width = dx.shape[2:]
-    dx[...] = dcols[:, p, p]  # the centre offset covers every pixel
     for i in range(k):
         di = i - p
         h0, h1 = max(0, -di), min(height, height - di)
         for j in range(k):
             dj = j - p
-            w0, w1 = max(0, -dj), min(width, width - dj)
-            if (i, j) == (p, p) or h0 >= h1 or w0 >= w1:
-                continue
-            dx[:, :, h0 + di:h1 + di, w0 + dj:w1 + dj] += dcols[:, i, j, :, h0:h1, w0:w1]
+            yield i, j, di, dj, h0, h1, max(0, -dj), min(width, width - dj)
+
+
+def _col2im(dcols: np.ndarray, dx: np.ndarray, k: int) -> None:
+    """Adjoint of :func:`_im2col`: ``dx`` (C, N, H, W) = sum over offsets of ``dcols`` (C, k, k, N, H, W)."""
+    p = k // 2
+    dx[...] = dcols[:, p, p]  # the centre offset covers every pixel
+    for i, j, di, dj, h0, h1, w0, w1 in _offsets(k, *dx.shape[2:]):
+        if (i, j) == (p, p) or h0 >= h1 or w0 >= w1:
+            continue
+        dx[:, :, h0 + di:h1 + di, w0 + dj:w1 + dj] += dcols[:, i, j, :, h0:h1, w0:w1]
 
 
 def _im2col(src: np.ndarray, cols: np.ndarray, k: int) -> None:
@@ -74,27 +80,21 @@ def _im2col(src: np.ndarray, cols: np.ndarray, k: int) -> None:
 
     ``cols[c, i, j, n, h, w] = src[c, n, h + i - k//2, w + j - k//2]``, zero outside the image.
     """
-    p = k // 2
     height, width = src.shape[2:]
-    for i in range(k):
-        di = i - p
-        h0, h1 = max(0, -di), min(height, height - di)
-        for j in range(k):
-            dj = j - p
-            w0, w1 = max(0, -dj), min(width, width - dj)
-            dst = cols[:, i, j]
-            if h0 >= h1 or w0 >= w1:  # kernel wider than the image: this offset sees only padding
-                dst[...] = 0
-                continue
-            dst[:, :, h0:h1, w0:w1] = src[:, :, h0 + di:h1 + di, w0 + dj:w1 + dj]
-            if h0 > 0:
-                dst[:, :, :h0] = 0
-            if h1 < height:
-                dst[:, :, h1:] = 0
-            if w0 > 0:
-                dst[:, :, h0:h1, :w0] = 0
-            if w1 < width:
-                dst[:, :, h0:h1, w1:] = 0
+    for i, j, di, dj, h0, h1, w0, w1 in _offsets(k, height, width):
+        dst = cols[:, i, j]
+        if h0 >= h1 or w0 >= w1:  # kernel wider than the image: this offset sees only padding
+            dst[...] = 0
+            continue
+        dst[:, :, h0:h1, w0:w1] = src[:, :, h0 + di:h1 + di, w0 + dj:w1 + dj]
+        if h0 > 0:
+            dst[:, :, :h0] = 0
+        if h1 < height:
+            dst[:, :, h1:] = 0
+        if w0 > 0:
+            dst[:, :, h0:h1, :w0] = 0
+        if w1 < width:
+            dst[:, :, h0:h1, w1:] = 0
 
 
 class _Workspace:

@@ -114,3 +114,11 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) 
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def reproduced_project(tmp: Path) -> tuple[Path, Path, dict[str, str], subprocess.CompletedProcess]:
+    """A synthetic project under ``tmp`` after one `dvc repro`: (project, mirror, env, repro result)."""
+    mirror = tmp / "mirror"
+    project = make_project(tmp, write_mirror(mirror))
+    env = project_env(project, mirror)
+    return project, mirror, env, run(["dvc", "repro"], project, env)

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -43,7 +42,8 @@ from mnist_classification.errors import PipelineError
 from mnist_classification.idx import encode_idx, parse_idx
 from mnist_classification.network import build_network, load_network
 from mnist_classification.params import validate
-from pipeline_helpers import make_project, project_env, run, write_mirror
+from model_files import add_pickled_payload, read_arrays
+from pipeline_helpers import project_env, reproduced_project, run
 from test_download import BAD_MIRRORS, SPEC, TIMEOUT, server  # noqa: F401 (server is a fixture)
 
 STAGES = ("fetch", "preprocess", "train", "evaluate")
@@ -56,11 +56,7 @@ CLASSES = [str(d) for d in range(10)]
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A reproduced synthetic project (every output present), shared read-only by the tests."""
-    tmp = tmp_path_factory.mktemp("faults")
-    mirror = tmp / "mirror"
-    pins = write_mirror(mirror)
-    project = make_project(tmp, pins)
-    run(["dvc", "repro"], project, project_env(project, mirror))
+    project, mirror, _, _ = reproduced_project(tmp_path_factory.mktemp("faults"))
     return project, mirror
 
 
@@ -573,49 +569,25 @@ def test_real_full_disk(tiny_tmpfs, writer):
 
 # --------------------------------------------------------------------------- bad model files at the CLI
 
-def _arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
-
-
 def _truncate(path, marker):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def _tamper(path, marker):
-    arrays = _arrays(path)
+    arrays = read_arrays(path)
     key = next(k for k in sorted(arrays) if k.endswith(".W"))
     arrays[key][0, 0] += 1  # the recorded checksum is left as it was
     atomic.save_npz(path, arrays)
 
 
 def _wrong_architecture(path, marker):
-    arrays = _arrays(path)
+    arrays = read_arrays(path)
     header = json.loads(str(arrays["architecture"]))
     dense = next(layer for layer in header["layers"] if layer["type"] == "dense")
     dense["out_features"] += 1
     arrays["architecture"] = np.array(json.dumps(header))
     atomic.save_npz(path, arrays)
 
-
-class _Payload:
-    """Unpickling this creates the marker file."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def _pickle(path, marker):
-    arrays = _arrays(path)
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w") as member:
-                np.lib.format.write_array(member, array)
-        with archive.open("evil.npy", "w") as member:
-            np.lib.format.write_array(member, np.array([_Payload(marker)], dtype=object), allow_pickle=True)
 
 
 def _overflow(path, marker):
@@ -634,7 +606,7 @@ def _html(path, marker):
 
 def _compressed_broken(path, marker):
     """A compressed .npz (np.savez_compressed loads fine) whose deflate stream is damaged."""
-    arrays = _arrays(path)
+    arrays = read_arrays(path)
     path.unlink()
     with open(path, "wb") as handle:
         np.savez_compressed(handle, **arrays)
@@ -647,7 +619,7 @@ BAD_MODELS = {
     "broken deflate": (_compressed_broken, "is truncated or not an .npz model: Error -3"),
     "tampered": (_tamper, "do not match the checksum recorded at training"),
     "wrong architecture": (_wrong_architecture, "the architecture needs"),
-    "pickled": (_pickle, "is refused: it holds pickled objects"),
+    "pickled": (add_pickled_payload, "is refused: it holds pickled objects"),
     "overflowing": (_overflow, "NaN or infinite"),
 }
 

@@ -1,7 +1,6 @@
 """Building networks from params, and model files: round trip and refusal of bad files."""
 
 import json
-import zipfile
 
 import numpy as np
 import pytest
@@ -10,6 +9,8 @@ from mnist_classification import atomic
 from mnist_classification.errors import PipelineError
 from mnist_classification.network import build_network, load_network
 from mnist_classification.params import validate
+
+from model_files import add_pickled_payload, read_arrays
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -46,11 +47,6 @@ def test_round_trip_is_exact_and_deterministic(tmp_path):
         assert all(archive[k].dtype != object for k in archive.files)
 
 
-def _arrays(path):
-    with np.load(path, allow_pickle=False) as archive:
-        return {k: archive[k] for k in archive.files}
-
-
 @pytest.fixture
 def model_file(tmp_path):
     path = tmp_path / "model.npz"
@@ -70,7 +66,7 @@ def test_truncated_model(model_file):
 
 
 def test_tampered_weights_fail_the_checksum(model_file):
-    arrays = _arrays(model_file)
+    arrays = read_arrays(model_file)
     arrays["1.W"][0, 0] += 1
     atomic.save_npz(model_file, arrays)
     with pytest.raises(PipelineError, match="do not match the checksum"):
@@ -78,7 +74,7 @@ def test_tampered_weights_fail_the_checksum(model_file):
 
 
 def test_wrong_architecture_for_weights(model_file):
-    arrays = _arrays(model_file)
+    arrays = read_arrays(model_file)
     header = json.loads(str(arrays["architecture"]))
     header["layers"][1]["out_features"] = 17
     arrays["architecture"] = np.array(json.dumps(header))
@@ -88,7 +84,7 @@ def test_wrong_architecture_for_weights(model_file):
 
 
 def test_unknown_layer_type(model_file):
-    arrays = _arrays(model_file)
+    arrays = read_arrays(model_file)
     header = json.loads(str(arrays["architecture"]))
     header["layers"][2]["type"] = "os.system"
     arrays["architecture"] = np.array(json.dumps(header))
@@ -99,18 +95,7 @@ def test_unknown_layer_type(model_file):
 
 def test_pickled_object_is_refused_and_never_executed(model_file, tmp_path):
     marker = tmp_path / "executed"
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    arrays = _arrays(model_file)
-    with zipfile.ZipFile(model_file, "w") as archive:
-        for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w") as member:
-                np.lib.format.write_array(member, array)
-        with archive.open("evil.npy", "w") as member:
-            np.lib.format.write_array(member, np.array([Payload()], dtype=object), allow_pickle=True)
+    add_pickled_payload(model_file, marker)
     with pytest.raises(PipelineError, match="pickled objects"):
         load_network(model_file)
     assert not marker.exists()

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from pipeline_helpers import make_project, project_env, run, write_mirror
+from pipeline_helpers import reproduced_project, run
 
 STAGES = ("fetch", "preprocess", "train", "evaluate")
 
@@ -16,12 +16,7 @@ def ran(output: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    mirror = tmp / "mirror"
-    pins = write_mirror(mirror)
-    project = make_project(tmp, pins)
-    env = project_env(project, mirror)
-    first = run(["dvc", "repro"], project, env)
+    project, _, env, first = reproduced_project(tmp_path_factory.mktemp("e2e"))
     return project, env, first
 
 
