@@ -101,7 +101,13 @@ class Momentum(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015) with bias-corrected moments."""
+    """Adam (Kingma & Ba 2015) with bias-corrected moments.
+
+    The moments are kept rescaled, ``M = m / (1 - b1)`` and ``S = s / (1 - b2)``,
+    so each step updates them as ``M = b1 M + g`` and ``S = b2 S + g^2`` and the
+    constant factors move into the step size and epsilon: ten passes over each
+    parameter per step instead of twelve, the same update up to rounding.
+    """
 
     state_arrays = 3
 
@@ -112,26 +118,25 @@ class Adam(Optimizer):
 
     def _scalars(self):
         t = self.steps
-        # Both bias corrections folded into the step size and epsilon:
-        # mhat / (sqrt(shat) + eps) = m * c2 / (1 - b1^t) / (sqrt(s) + eps * c2), c2 = sqrt(1 - b2^t).
+        # mhat / (sqrt(shat) + eps) with m = (1 - b1) M, s = (1 - b2) S, c2 = sqrt(1 - b2^t):
+        #   = (1 - b1) c2 / ((1 - b1^t) sqrt(1 - b2)) * M / (sqrt(S) + eps c2 / sqrt(1 - b2)).
         correction2 = np.sqrt(1 - self.beta2 ** t)
-        return (np.float32(self.beta1), np.float32(1 - self.beta1), np.float32(self.beta2),
-                np.float32(1 - self.beta2), np.float32(self.eps * correction2),
-                np.float32(self.lr * correction2 / (1 - self.beta1 ** t)))
+        root_one_minus_b2 = np.sqrt(1 - self.beta2)
+        return (np.float32(self.beta1), np.float32(self.beta2),
+                np.float32(self.eps * correction2 / root_one_minus_b2),
+                np.float32(self.lr * (1 - self.beta1) * correction2 / ((1 - self.beta1 ** t) * root_one_minus_b2)))
 
-    def _kernel(self, wd, scalars, param, grad, m, s, decayed_grad, step):
-        b1, one_minus_b1, b2, one_minus_b2, eps, step_size = scalars
+    def _kernel(self, wd, scalars, param, grad, scaled_m, scaled_s, decayed_grad, step):
+        b1, b2, eps, step_size = scalars
         g = self._decayed(param, grad, decayed_grad, wd)
-        m *= b1
-        np.multiply(g, one_minus_b1, out=step)
-        m += step
-        s *= b2
+        scaled_m *= b1
+        scaled_m += g
         np.multiply(g, g, out=step)
-        step *= one_minus_b2
-        s += step
-        np.sqrt(s, out=step)
+        scaled_s *= b2
+        scaled_s += step
+        np.sqrt(scaled_s, out=step)
         step += eps
-        np.divide(m, step, out=step)
+        np.divide(scaled_m, step, out=step)
         step *= step_size
         param -= step
 
