@@ -4,7 +4,8 @@ For each network it times the real training loop (``training.train``: batch
 gathering, forward, loss, backward, optimiser update) on random data, counts
 the floating-point work of its matrix products, and times the very same
 matrix products alone (preallocated, back to back) as the peak the loop could
-reach. Reports medians over ``--repeats`` runs:
+reach. Each repeat times one epoch of the loop and then the bare products, and
+the fraction of peak is the median of the per-repeat fractions (with its range):
 
     python bench/bench_train.py                 # MLP 784-800-10, 784-256-10 and the default CNN
     python bench/bench_train.py --only mlp800 --repeats 7
@@ -81,8 +82,8 @@ def time_matmuls(shapes, repeats: int = 30) -> float:
     return statistics.median(times)
 
 
-def time_training(config: dict, samples: int, batch: int) -> float:
-    """Seconds of one epoch of the real training loop over ``samples`` random images."""
+def time_training(config: dict, samples: int, batch: int) -> tuple[float, object]:
+    """Seconds of one epoch of the real training loop over ``samples`` random images, and the network."""
     p = validate({"train": {**config, "optimizer": "adam", "schedule": "constant", "batch_size": batch}})["train"]
     network = build_network(p, (28, 28), CLASSES, 0.0, 1.0)
     optimizer = make_optimizer("adam", 1e-4, 0.9, 0.0)
@@ -108,25 +109,31 @@ def main() -> None:
     results = {}
     for name in args.only or list(CONFIGS):
         samples = args.samples or (3200 if name == "cnn" else 25600)
-        seconds, network = [], None
+        seconds, peaks, fractions = [], [], []
         for _ in range(args.repeats):
+            # The loop and its matrix products are timed back to back in every repeat, so
+            # drifts in the machine's speed (shared hosts, clocks) cancel in the fraction.
             elapsed, network = time_training(CONFIGS[name], samples, args.batch)
+            shapes = matmul_shapes(network, args.batch)
+            flops_per_step = sum(2 * m * k * n for m, k, n in shapes)
+            steps = -(-samples // args.batch)
             seconds.append(elapsed)
+            peaks.append(flops_per_step / time_matmuls(shapes, repeats=10))
+            fractions.append(flops_per_step * steps / elapsed / peaks[-1])
         loop = statistics.median(seconds)
-        shapes = matmul_shapes(network, args.batch)
-        flops_per_step = sum(2 * m * k * n for m, k, n in shapes)
-        steps = -(-samples // args.batch)
-        peak = flops_per_step / time_matmuls(shapes)
-        achieved = flops_per_step * steps / loop
-        results[name] = {"samples_per_second": round(samples / loop, 1), "loop_gflops": round(achieved / 1e9, 2),
-                         "matmul_peak_gflops": round(peak / 1e9, 2), "fraction_of_peak": round(achieved / peak, 3),
+        results[name] = {"samples_per_second": round(samples / loop, 1),
+                         "loop_gflops": round(flops_per_step * steps / loop / 1e9, 2),
+                         "matmul_peak_gflops": round(statistics.median(peaks) / 1e9, 2),
+                         "fraction_of_peak": round(statistics.median(fractions), 3),
+                         "fraction_range": [round(min(fractions), 3), round(max(fractions), 3)],
                          "median_epoch_seconds": round(loop, 3), "samples": samples, "batch": args.batch,
                          "parameters": network.count_parameters()}
         if not args.json:
             r = results[name]
             print(f"{name:7s} {r['samples_per_second']:9.1f} samples/s  loop {r['loop_gflops']:6.2f} GFLOP/s  "
                   f"matmul peak {r['matmul_peak_gflops']:6.2f} GFLOP/s  = {100 * r['fraction_of_peak']:.1f}% "
-                  f"(median of {args.repeats}, batch {args.batch})")
+                  f"[{100 * r['fraction_range'][0]:.1f}-{100 * r['fraction_range'][1]:.1f}%] "
+                  f"(medians of {args.repeats}, batch {args.batch})")
     if args.json:
         print(json.dumps({"machine": machine, "results": results}, indent=2))
     else:

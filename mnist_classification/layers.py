@@ -92,8 +92,9 @@ class ReLU(Layer):
     kind = "relu"
 
     def forward(self, x, training=False):
+        # Multiplying by the mask takes half the time of np.maximum (which checks for NaN).
         self._mask = x > 0
-        return np.maximum(x, 0)
+        return x * self._mask
 
     def backward(self, grad_out):
         return grad_out * self._mask

@@ -22,12 +22,12 @@ class SoftmaxCrossEntropy:
 
     def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
         shifted = logits - logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1))
+        probs = np.exp(shifted)
+        norm = probs.sum(axis=1)
+        probs /= norm[:, None]
         rows = np.arange(len(labels))
-        self._probs = np.exp(shifted - log_norm[:, None])
-        self._labels = labels
-        self._rows = rows
-        return float(np.mean(log_norm - shifted[rows, labels], dtype=np.float64))
+        self._probs, self._labels, self._rows = probs, labels, rows
+        return float(np.mean(np.log(norm) - shifted[rows, labels], dtype=np.float64))
 
     @property
     def probabilities(self) -> np.ndarray:
