@@ -43,8 +43,8 @@ def matmul_shapes(network, batch: int) -> list[tuple[int, int, int]]:
     """(m, k, n) of every matrix product one training step performs: forward, weight and input grads."""
     shapes = []
     shape = network.input_shape
-    for index, layer in enumerate(network.layers):
-        shapes += layer_matmuls(layer, shape, batch, first=index <= 1 or all(not l.params for l in network.layers[:index]))
+    for layer in network.layers:
+        shapes += layer_matmuls(layer, shape, batch, first=not layer.needs_input_grad)
         shape = layer.output_shape(shape)
     return shapes
 

@@ -47,7 +47,7 @@ class Optimizer:
             self._kernel(wd, scalars, param, grad, *self._state[index])
 
     def _scalars(self) -> tuple:
-        """Step-dependent float32 constants shared by every chunk of this step."""
+        """Step-dependent float32 constants shared by every parameter of this step."""
         return (np.float32(self.lr),)
 
     @staticmethod
