@@ -52,4 +52,5 @@ def test_params_match_the_lock():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, stage in _lock_stages().items():
         for dotted, value in stage.get("params", {}).get("params.yaml", {}).items():
-            assert _lookup(params, dotted) == value, f"{STALE}: stage {name!r} ran with another value of params key {dotted!r}"
+            assert _lookup(params, dotted) == value, \
+                f"{STALE}: stage {name!r} ran with another value of params key {dotted!r}"
