@@ -116,7 +116,7 @@ def _http_get(url: str, timeout: float, max_bytes: int, progress: ProgressBar) -
             length = int(length) if length and length.isdigit() else None
             if length is not None and length > max_bytes:
                 raise _Failure(f"file is {_mb(length)}, more than the {_mb(max_bytes)} limit")
-            progress.total = length
+            progress.total = length or 0  # 0: size unknown (chunked or HTTP/1.0 streamed body)
             body = bytearray()
             while chunk := response.read(_CHUNK):
                 body += chunk

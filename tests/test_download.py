@@ -102,6 +102,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"<!DOCTYPE html><html><body>Please log in</body></html>", "text/html; charset=utf-8")
         elif kind == "htmlbin":  # an HTML page mislabelled as binary
             self._send(200, b"  <!DOCTYPE html><html><body>Error</body></html>", "application/octet-stream")
+        elif kind == "nolength":  # HTTP/1.0 style: no Content-Length, the body ends when the connection closes
+            self.send_response(200)
+            self.send_header("Content-Type", "application/gzip")
+            self.end_headers()
+            self.wfile.write(good)
+            self.close_connection = True
         elif kind == "garbage":
             self._send(200, b"PK\x03\x04 definitely not gzip", "application/octet-stream")
         else:
@@ -212,6 +218,11 @@ def test_retries_zero_gives_up(server, tmp_path):
         fetch_file(fspec, [f"{server}/error/"], timeout=TIMEOUT, retries=0)
     with pytest.raises(PipelineError, match=r"HTTP 500 Internal Server Error \(tried 2 times\)"):
         fetch_file(fspec, [f"{server}/error/"], timeout=TIMEOUT, retries=1)
+
+
+def test_body_without_content_length(server, tmp_path):
+    _fetch(tmp_path / "out", [f"{server}/nolength/"])
+    _assert_complete(tmp_path / "out")
 
 
 def test_bounded_redirect_is_followed(server, tmp_path):
