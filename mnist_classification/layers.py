@@ -79,6 +79,8 @@ class Dense(Layer):
         return grad_out @ self.params["W"].T
 
     def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"Dense expects ({self.in_features},) samples, got {tuple(input_shape)}")
         return (self.out_features,)
 
     def config(self):

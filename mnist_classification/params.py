@@ -218,7 +218,8 @@ def _validate(section: dict, schema: dict, prefix: str, path: str) -> dict:
     for key, spec in schema.items():
         full = f"{prefix}{key}"
         if isinstance(spec, dict):
-            result[key] = _validate(section.get(key, {}) or {}, spec, f"{full}.", path)
+            value = section.get(key)
+            result[key] = _validate({} if value is None else value, spec, f"{full}.", path)
         elif key in section:
             result[key] = spec.convert(full, section[key])
         else:
@@ -226,12 +227,23 @@ def _validate(section: dict, schema: dict, prefix: str, path: str) -> dict:
     return result
 
 
+def _check_together(train: dict, path: str) -> None:
+    """Constraints between keys, each valid alone."""
+    if train["warmup_epochs"] > train["epochs"]:
+        raise PipelineError(
+            f"{path}: train.warmup_epochs is {train['warmup_epochs']} but train.epochs is {train['epochs']}; "
+            "the learning rate would never reach train.lr: expected train.warmup_epochs <= train.epochs"
+        )
+
+
 def validate(raw: Any, path: str = "params.yaml") -> dict:
     """Check a parsed params mapping against :data:`SCHEMA`; fill in defaults."""
     if raw is None:
         raw = {}
     try:
-        return _validate(raw, SCHEMA, "", path)
+        params = _validate(raw, SCHEMA, "", path)
+        _check_together(params["train"], path)
+        return params
     except PipelineError as exc:
         message = str(exc)
         if not message.startswith(path) and message.startswith("params.yaml"):

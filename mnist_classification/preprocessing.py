@@ -6,6 +6,7 @@ is a pure function applied when the data are loaded.
 
 from __future__ import annotations
 
+import json
 import lzma
 import math
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PipelineError
-from .idx import check_images_labels
+from .idx import NUM_CLASSES, check_images_labels
 
 _STATS_CHUNK = 1 << 22  # pixels per bincount call
 
@@ -108,3 +109,31 @@ def load_prepared(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except PipelineError as exc:
         raise PipelineError(f"{exc}; {hint}") from None
     return images, labels
+
+
+def load_meta(path: str | os.PathLike) -> dict:
+    """Read the preprocess stage's meta.json; checks what training needs from it.
+
+    Returns the dict with ``mean`` and ``std`` (finite floats, std > 0: the
+    normalisation of pixels scaled to [0, 1]) and ``classes`` (NUM_CLASSES names).
+    """
+    path = Path(path)
+    hint = "run the preprocess stage again (dvc repro preprocess)"
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found; {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read {path} ({exc}); {hint}") from None
+    if not isinstance(meta, dict):
+        raise PipelineError(f"{path} holds a JSON {type(meta).__name__}, not an object; {hint}")
+    for key in ("mean", "std"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise PipelineError(f"{path}: {key!r} is {value!r}; expected a finite number; {hint}")
+    if not meta["std"] > 0:
+        raise PipelineError(f"{path}: 'std' is {meta['std']!r}; expected a positive number; {hint}")
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and len(classes) == NUM_CLASSES and all(isinstance(c, str) for c in classes)):
+        raise PipelineError(f"{path}: 'classes' is {classes!r}; expected a list of {NUM_CLASSES} names; {hint}")
+    return meta

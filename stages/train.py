@@ -1,6 +1,5 @@
 """Train stage: data/prepared -> models/model.npz, plots/history.csv, metrics/train.json."""
 
-import json
 import resource
 import sys
 from pathlib import Path
@@ -9,11 +8,11 @@ import numpy as np
 
 from mnist_classification import atomic
 from mnist_classification.augment import Augmenter
-from mnist_classification.errors import PipelineError, run_cli
+from mnist_classification.errors import run_cli
 from mnist_classification.network import build_network
 from mnist_classification.optimizers import make_optimizer
 from mnist_classification.params import load_params
-from mnist_classification.preprocessing import load_prepared, standardise
+from mnist_classification.preprocessing import load_meta, load_prepared, standardise
 from mnist_classification.schedules import Schedule
 from mnist_classification.training import HISTORY_COLUMNS, train
 
@@ -23,17 +22,10 @@ HISTORY = Path("plots/history.csv")
 METRICS = Path("metrics/train.json")
 
 
-def read_meta(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"cannot read {path} ({exc}); run the preprocess stage (dvc repro preprocess)") from None
-
-
 def main() -> None:
     params = load_params()
     p = params["train"]
-    meta = read_meta(PREPARED / "meta.json")
+    meta = load_meta(PREPARED / "meta.json")
     mean, std = meta["mean"], meta["std"]
     train_u8, train_labels = load_prepared(PREPARED / "train.npz")
     val_u8, val_labels = load_prepared(PREPARED / "val.npz")

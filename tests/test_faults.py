@@ -231,6 +231,16 @@ def _npy_instead_of_npz(path: Path) -> None:
         np.save(handle, np.zeros((3, 28, 28), np.uint8))
 
 
+def _meta_without_mean(path: Path) -> None:
+    meta = json.loads(path.read_text())
+    del meta["mean"]
+    path.write_text(json.dumps(meta))
+
+
+def _meta_with_zero_std(path: Path) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), "std": 0}))
+
+
 def _not_a_history(path: Path) -> None:
     path.write_text("epoch;loss\n1;0.5\n")
 
@@ -243,6 +253,11 @@ CORRUPT_INPUTS = {
     "broken deflate in prepared npz": ("train", "data/prepared/train.npz", _break_deflate,
                                        "is not a readable .npz file"),
     "npy as prepared npz": ("train", "data/prepared/val.npz", _npy_instead_of_npz, "is not an .npz archive"),
+    "meta without mean": ("train", "data/prepared/meta.json", _meta_without_mean,
+                          "'mean' is None; expected a finite number"),
+    "meta with zero std": ("train", "data/prepared/meta.json", _meta_with_zero_std,
+                           "'std' is 0; expected a positive number"),
+    "meta not json": ("train", "data/prepared/meta.json", _not_a_history, "cannot read"),
     "broken deflate in test npz": ("evaluate", "data/prepared/test.npz", _break_deflate,
                                    "is not a readable .npz file"),
     "history not a history": ("evaluate", "plots/history.csv", _not_a_history, "is not a training history"),

@@ -83,6 +83,16 @@ def test_wrong_architecture_for_weights(model_file):
         load_network(model_file)
 
 
+def test_input_shape_that_the_first_dense_layer_cannot_take(model_file):
+    arrays = read_arrays(model_file)
+    header = json.loads(str(arrays["architecture"]))
+    header["input_shape"] = [10, 10]
+    arrays["architecture"] = np.array(json.dumps(header))
+    atomic.save_npz(model_file, arrays)
+    with pytest.raises(PipelineError, match=r"Dense expects \(784,\) samples, got \(100,\)"):
+        load_network(model_file)
+
+
 def test_unknown_layer_type(model_file):
     arrays = read_arrays(model_file)
     header = json.loads(str(arrays["architecture"]))

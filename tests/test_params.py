@@ -47,6 +47,11 @@ def test_integer_accepted_where_a_float_is_expected():
     ({"preprocess": {"val_fraction": 1.5}}, "strictly between 0 and 1"),
     ({"train": {"augment": {"enabled": "yes"}}}, "train.augment.enabled is 'yes' (str); expected true or false"),
     ({"train": {"cnn": 3}}, "train.cnn must be a mapping"),
+    ({"train": {"cnn": 0}}, "train.cnn must be a mapping"),
+    ({"train": {"augment": False}}, "train.augment must be a mapping"),
+    ({"train": False}, "train must be a mapping"),
+    ({"train": {"warmup_epochs": 5, "epochs": 3}},
+     "train.warmup_epochs is 5 but train.epochs is 3; the learning rate would never reach train.lr"),
     ({"fetch": {"dataset": "cifar"}}, "fetch.dataset is 'cifar'; expected one of mnist, fashion-mnist, custom"),
     ({"fetch": {"custom": {"sha256": {"x": "abc"}}}}, "fetch.custom.sha256 is"),
 ])
@@ -54,6 +59,10 @@ def test_bad_values_are_named(raw, fragment):
     with pytest.raises(PipelineError) as error:
         validate(raw)
     assert fragment in str(error.value)
+
+
+def test_empty_sections_take_the_defaults():
+    assert validate({"train": None, "evaluate": {}})["train"]["augment"]["enabled"] is False
 
 
 def test_malformed_yaml_names_the_file_and_line(tmp_path):
