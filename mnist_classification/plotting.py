@@ -9,11 +9,9 @@ no spurious change.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,57 +20,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .atomic import atomic_open
-from .errors import PipelineError
 
 DPI = 100
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 _TRAIN_COLOUR = "tab:blue"
 _VAL_COLOUR = "tab:orange"
 
 
 # --------------------------------------------------------------------------- history
-
-def read_history(path: str | os.PathLike) -> list[dict]:
-    """Read the train stage's ``plots/history.csv``: one dict per epoch.
-
-    ``epoch`` is an int, every other column a float (NaN and inf are kept so a
-    diverged run still plots). Raises PipelineError if the file is missing,
-    unreadable, lacks a required column, has no rows or holds a non-number.
-    """
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            missing = [column for column in HISTORY_COLUMNS if column not in header]
-            if missing:
-                raise PipelineError(
-                    f"{path} is not a training history: missing column(s) {', '.join(missing)} "
-                    f"(expected header {','.join(HISTORY_COLUMNS)}); re-run the train stage"
-                )
-            rows = [_history_row(path, line, record) for line, record in enumerate(reader, start=2)]
-    except FileNotFoundError:
-        raise PipelineError(f"training history {path} not found; run the train stage first "
-                            f"(`dvc repro train`)") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise PipelineError(f"cannot read training history {path}: {exc}") from None
-    if not rows:
-        raise PipelineError(f"training history {path} has a header but no epochs; re-run the train stage")
-    return rows
-
-
-def _history_row(path: Path, line: int, record: dict) -> dict:
-    if None in record or any(record[column] is None for column in HISTORY_COLUMNS):
-        raise PipelineError(f"{path} line {line}: wrong number of fields")
-    row: dict = {}
-    for column, text in record.items():
-        try:
-            row[column] = int(text) if column == "epoch" else float(text)
-        except (TypeError, ValueError):
-            raise PipelineError(f"{path} line {line}: {column} is {text!r}, not a number") from None
-    return row
-
 
 # --------------------------------------------------------------------------- saving
 

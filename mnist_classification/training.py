@@ -23,16 +23,13 @@ from .optimizers import Optimizer
 from .progress import ProgressBar
 from .schedules import Schedule
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
-
-
 class TrainingDiverged(PipelineError):
     """The loss blew up; the message names the epoch and suggests a smaller learning rate."""
 
 
 @dataclass
 class TrainResult:
-    """Per-epoch history rows (keys :data:`HISTORY_COLUMNS`) and the epoch whose weights were kept."""
+    """Per-epoch history rows (keys :data:`.history.HISTORY_COLUMNS`) and the epoch whose weights were kept."""
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0

@@ -14,6 +14,7 @@ import numpy as np
 
 from mnist_classification.atomic import write_csv, write_json
 from mnist_classification.errors import PipelineError, run_cli
+from mnist_classification.history import read_history
 from mnist_classification.metrics import classification_report, confusion_matrix
 from mnist_classification.network import load_network
 from mnist_classification.params import load_params
@@ -22,7 +23,6 @@ from mnist_classification.plotting import (
     plot_confusion_matrix,
     plot_loss_curve,
     plot_misclassified,
-    read_history,
 )
 from mnist_classification.preprocessing import load_prepared, standardise
 

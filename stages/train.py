@@ -9,12 +9,13 @@ import numpy as np
 from mnist_classification import atomic
 from mnist_classification.augment import Augmenter
 from mnist_classification.errors import run_cli
+from mnist_classification.history import write_history
 from mnist_classification.network import build_network
 from mnist_classification.optimizers import make_optimizer
 from mnist_classification.params import load_params
 from mnist_classification.preprocessing import load_meta, load_prepared, standardise
 from mnist_classification.schedules import Schedule
-from mnist_classification.training import HISTORY_COLUMNS, train
+from mnist_classification.training import train
 
 PREPARED = Path("data/prepared")
 MODEL = Path("models/model.npz")
@@ -49,8 +50,7 @@ def main() -> None:
                        augment=augment, progress=True)
 
     network.save(MODEL)
-    atomic.write_csv(HISTORY, HISTORY_COLUMNS,
-                     ([row["epoch"]] + [f"{row[c]:.6g}" for c in HISTORY_COLUMNS[1:]] for row in result.history))
+    write_history(HISTORY, result.history)
     best = result.history[result.best_epoch - 1]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     atomic.write_json(METRICS, {

@@ -8,13 +8,13 @@ import pytest
 from matplotlib.image import imread
 
 from mnist_classification.errors import PipelineError
+from mnist_classification.history import read_history
 from mnist_classification.plotting import (
     most_confident_errors,
     plot_accuracy,
     plot_confusion_matrix,
     plot_loss_curve,
     plot_misclassified,
-    read_history,
 )
 
 HEADER = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr\n"

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from mnist_classification.history import read_history, write_history
 from mnist_classification.network import build_network
 from mnist_classification.optimizers import make_optimizer
 from mnist_classification.params import validate
@@ -38,6 +39,20 @@ def test_learns_separable_data(optimizer, lr):
     assert len(result.history) == 5
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert evaluate(net, vx, vy)[1] > 0.95
+
+
+def test_history_rows_round_trip_through_the_history_file(tmp_path):
+    (x, y), (vx, vy) = _blobs(200, 0), _blobs(100, 1)
+    net, opt, schedule = _setup(epochs=2)
+    result = train(net, opt, schedule, x, y, vx, vy, epochs=2, batch_size=32, patience=0,
+                   rng=np.random.default_rng(0), progress=False)
+    write_history(tmp_path / "history.csv", result.history)
+    rows = read_history(tmp_path / "history.csv")
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for written, read in zip(result.history, rows):
+        assert set(read) == set(written)
+        for key, value in written.items():
+            assert read[key] == pytest.approx(value, rel=1e-5)
 
 
 def test_same_seed_gives_identical_weights():
