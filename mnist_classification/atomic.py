@@ -29,10 +29,8 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; rename it into place on success."""
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_open supports 'wb' and 'w', not {mode!r}")
+def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Open a temporary sibling of ``path`` for binary writing; rename it into place on success."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,8 +39,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise PipelineError(f"cannot write {path}: {exc.strerror or exc}") from exc
     tmp = Path(tmp_name)
     try:
-        kwargs = {"newline": "", "encoding": "utf-8"} if mode == "w" else {}
-        with os.fdopen(fd, mode, **kwargs) as handle:
+        with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -58,7 +55,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Atomically write ``data`` to ``path``."""
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path) as handle:
         handle.write(data)
 
 
@@ -87,7 +84,7 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], compress
     Object arrays are refused so that the file always loads with ``allow_pickle=False``.
     """
     compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path) as handle:
         with zipfile.ZipFile(handle, "w", compression=compression, allowZip64=True) as archive:
             for name in sorted(arrays):
                 array = np.asarray(arrays[name])

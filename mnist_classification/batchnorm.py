@@ -51,10 +51,6 @@ class BatchNorm2D(Layer):
         self.buffers = {"running_mean": np.zeros(self.channels, dtype=FLOAT),
                         "running_var": np.ones(self.channels, dtype=FLOAT)}
 
-    @staticmethod
-    def _per_channel(v: np.ndarray) -> np.ndarray:
-        return v[None, :, None, None]
-
     def forward(self, x, training=False):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"BatchNorm2D expects (N, {self.channels}, H, W), got {x.shape}")

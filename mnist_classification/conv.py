@@ -111,9 +111,6 @@ class _Workspace:
             self._arrays[name] = array
         return array[:size].reshape(shape)
 
-    def clear(self) -> None:
-        self._arrays.clear()
-
 
 class Conv2D(Layer):
     """2-D convolution, 'same' zero padding, stride 1: (N, C, H, W) -> (N, F, H, W).
@@ -263,7 +260,6 @@ class MaxPool2D(Layer):
         best = np.array(slices[0], dtype=dtype, copy=True).reshape(out_shape)
         arg = np.zeros(out_shape, dtype=np.uint8)
         for index, candidate in enumerate(slices[1:], start=1):
-            candidate = candidate.reshape(out_shape) if candidate.flags.c_contiguous else candidate
             # Strictly greater: on ties the earlier slice keeps winning. Later indices are larger,
             # so max(arg, index * wins) sets arg to index exactly where this slice wins.
             wins = np.greater(candidate, best).view(np.uint8)
@@ -287,8 +283,7 @@ class MaxPool2D(Layer):
         # Then across its columns: (P * Ho * Wo, s) -> (P * Ho * Wo,).
         pairs = row_max.reshape(-1, s)
         out, col_arg = self._reduce([pairs[:, b] for b in range(s)], (pairs.shape[0],), x.dtype)
-        if training:
-            self._cache = (x.shape, channel_first, row_arg, col_arg)
+        self._cache = (x.shape, channel_first, row_arg, col_arg) if training else None
         if channel_first:
             return from_channel_major(out.reshape(c, n, ho, wo))
         return out.reshape(n, c, ho, wo)

@@ -34,13 +34,6 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     classes: tuple[str, ...]
 
-    def file(self, name: str) -> FileSpec:
-        """The FileSpec called ``name`` (with or without ``.gz``)."""
-        for spec in self.files:
-            if name in (spec.name, spec.gz_name):
-                return spec
-        raise KeyError(name)
-
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"

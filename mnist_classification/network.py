@@ -24,6 +24,7 @@ from . import atomic
 from .conv import CONV_LAYERS, conv_feature_layers
 from .errors import PipelineError
 from .layers import ACTIVATIONS, AddChannel, Dense, Dropout, Flatten, Layer
+from .losses import softmax
 
 FORMAT = "mnist-classification/model-v1"
 
@@ -70,8 +71,6 @@ class Network:
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Class probabilities (N, K) float32 for standardised images x (N, H, W)."""
-        from .losses import softmax
-
         out = np.empty((len(x), len(self.classes)), dtype=np.float32)
         for start in range(0, len(x), batch_size):
             out[start:start + batch_size] = softmax(self.forward(x[start:start + batch_size], False))

@@ -57,7 +57,7 @@ def load_yaml(text: str, source: str) -> Any:
 class Field:
     """One params key: its type, default and constraint."""
 
-    kind: str  # "int", "float", "bool", "str", "choice", "int_list", "str_list", "sha256_map"
+    kind: str  # "int", "float", "bool", "choice", "int_list", "str_list", "sha256_map"
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -79,10 +79,10 @@ class Field:
             value = float(value)
             if not math.isfinite(value):
                 raise _type_error(key, value, "a finite number")
-        elif self.kind in ("str", "choice"):
+        elif self.kind == "choice":
             if not isinstance(value, str):
                 raise _type_error(key, value, "a string")
-            if self.kind == "choice" and value not in self.choices:
+            if value not in self.choices:
                 hint = _did_you_mean(value, self.choices)
                 raise PipelineError(
                     f"params.yaml: {key} is {value!r}; expected one of {', '.join(self.choices)}{hint}"

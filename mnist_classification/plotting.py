@@ -39,7 +39,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(figure: Figure, path: str | os.PathLike) -> None:
     """Write ``figure`` to ``path`` as a PNG, atomically and without variable metadata."""
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path) as handle:
         figure.savefig(handle, format="png", dpi=DPI, metadata={"Software": None})
 
 
@@ -49,21 +49,26 @@ def _column(rows: Sequence[dict], key: str) -> np.ndarray:
     return np.array([row[key] for row in rows], dtype=np.float64)
 
 
-def _curve(history_rows: Sequence[dict], path, train_key: str, val_key: str, ylabel: str,
-           title: str, best_is_max: bool) -> None:
+def _curve(history_rows: Sequence[dict], path, train_key: str, val_key: str, ylabel: str, title: str) -> None:
+    """Train and validation ``*_key`` per epoch, with a line at the epoch whose weights training kept.
+
+    Training keeps the first epoch with the highest validation accuracy, so both
+    curves mark that epoch (not, say, the lowest validation loss).
+    """
     if not history_rows:
         raise ValueError("history_rows is empty")
     epochs = _column(history_rows, "epoch")
     train, val = _column(history_rows, train_key), _column(history_rows, val_key)
+    val_accuracy = _column(history_rows, "val_accuracy")
     figure = _new_figure(6.0, 4.0)
     axes = figure.add_subplot()
     axes.plot(epochs, train, marker="o", markersize=3, color=_TRAIN_COLOUR, label="train")
     axes.plot(epochs, val, marker="o", markersize=3, color=_VAL_COLOUR, label="validation")
-    if np.isfinite(val).any():
-        best = int(np.nanargmax(np.where(np.isfinite(val), val, -np.inf)) if best_is_max
-                   else np.nanargmin(np.where(np.isfinite(val), val, np.inf)))
-        axes.axvline(epochs[best], color="grey", linestyle="--", linewidth=0.8,
-                     label=f"best validation: {val[best]:.4f} (epoch {int(epochs[best])})")
+    if np.isfinite(val_accuracy).any():
+        kept = int(np.argmax(np.where(np.isfinite(val_accuracy), val_accuracy, -np.inf)))
+        axes.axvline(epochs[kept], color="grey", linestyle="--", linewidth=0.8,
+                     label=f"kept weights (best validation accuracy): epoch {int(epochs[kept])}, "
+                           f"validation {val[kept]:.4f}")
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
     axes.set_title(title)
@@ -75,14 +80,12 @@ def _curve(history_rows: Sequence[dict], path, train_key: str, val_key: str, yla
 
 def plot_loss_curve(history_rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Train and validation loss against epoch."""
-    _curve(history_rows, path, "train_loss", "val_loss", "cross-entropy loss",
-           "Loss per epoch", best_is_max=False)
+    _curve(history_rows, path, "train_loss", "val_loss", "cross-entropy loss", "Loss per epoch")
 
 
 def plot_accuracy(history_rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Train and validation accuracy against epoch."""
-    _curve(history_rows, path, "train_accuracy", "val_accuracy", "accuracy",
-           "Accuracy per epoch", best_is_max=True)
+    _curve(history_rows, path, "train_accuracy", "val_accuracy", "accuracy", "Accuracy per epoch")
 
 
 # --------------------------------------------------------------------------- confusion matrix

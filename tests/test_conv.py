@@ -151,9 +151,21 @@ def test_maxpool_odd_size_floors_and_drops_remainder():
     check_layer(MaxPool2D(2), x / 10.0)
 
 
-def test_maxpool_ties_route_gradient_to_one_winner():
-    layer = MaxPool2D(2)
-    x = np.ones((1, 1, 2, 2), dtype=np.float32)
+@pytest.mark.parametrize("size", [3, 4])
+def test_maxpool_larger_windows_values_and_gradients(size):
+    x = np.random.default_rng(2).permutation(2 * 3 * 7 * 9).reshape(2, 3, 7, 9).astype(np.float32)
+    layer = MaxPool2D(size)
+    y = layer.forward(x, training=True)
+    ho, wo = 7 // size, 9 // size
+    crop = x[:, :, :ho * size, :wo * size].reshape(2, 3, ho, size, wo, size)
+    np.testing.assert_array_equal(y, crop.max(axis=(3, 5)))
+    check_layer(MaxPool2D(size), x / 10.0)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_maxpool_ties_route_gradient_to_one_winner(size):
+    layer = MaxPool2D(size)
+    x = np.ones((1, 1, size, size), dtype=np.float32)
     y = layer.forward(x, training=True)
     dx = layer.backward(np.full_like(y, 3.0))
     assert dx.sum() == 3.0 and np.count_nonzero(dx) == 1
