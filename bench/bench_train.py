@@ -64,9 +64,12 @@ def layer_matmuls(layer, in_shape, batch, first):
     if isinstance(layer, Conv2D):
         c, h, w = in_shape
         f, kk, pixels = layer.out_channels, layer.kernel_size ** 2, batch * h * w
-        products = [(f, c * kk, pixels), (f, pixels, c * kk)]   # Y = W cols ; dW = dY cols^T
+        products = [(f, c * kk, pixels), (c * kk, pixels, f)]   # Y = W cols ; dW^T = cols dY^T
         if not first:
-            products.append((c, f * kk, pixels))                # dX via the rotated kernel
+            if layer._use_col2im():
+                products.append((c * kk, f, pixels))            # dX = col2im(W^T dY)
+            else:
+                products.append((c, f * kk, pixels))            # dX = rotated W @ im2col(dY)
         return products
     return []
 
@@ -133,7 +136,7 @@ def main() -> None:
                          "matmul_peak_gflops": round(statistics.median(peaks) / 1e9, 2),
                          "fraction_of_peak": round(statistics.median(fractions), 3),
                          "fraction_range": [round(min(fractions), 3), round(max(fractions), 3)],
-                         "median_epoch_seconds": round(loop, 3), "samples": samples, "batch": args.batch,
+                         "median_epoch_seconds": round(loop, 6), "samples": samples, "batch": args.batch,
                          "optimizer": args.optimizer,
                          "parameters": network.count_parameters()}
         if not args.json:

@@ -71,22 +71,28 @@ def warp(images: np.ndarray, matrices: np.ndarray, background: float,
 
 
 class Augmenter:
-    """Random affine (+ optional elastic) augmentation of batches; ``augmenter(images, background)``."""
+    """Random affine (+ optional elastic) augmentation of batches: ``augmenter(images)``.
+
+    ``background`` is what pixels from outside the image read: the standardised
+    value of a black pixel for standardised images.
+    """
 
     def __init__(self, shift: float, rotation: float, scale: float, shear: float,
-                 elastic_alpha: float, elastic_sigma: float, rng: np.random.Generator) -> None:
+                 elastic_alpha: float, elastic_sigma: float, rng: np.random.Generator,
+                 background: float = 0.0) -> None:
         self.shift, self.rotation, self.scale, self.shear = shift, rotation, scale, shear
         self.elastic_alpha, self.elastic_sigma = elastic_alpha, elastic_sigma
         self.rng = rng
+        self.background = float(background)
         self._smoothers: dict[int, np.ndarray] = {}
 
     @classmethod
-    def from_params(cls, section: dict, rng: np.random.Generator) -> "Augmenter | None":
+    def from_params(cls, section: dict, rng: np.random.Generator, background: float = 0.0) -> "Augmenter | None":
         """Build from the ``train.augment`` params section; None when ``enabled`` is false."""
         if not section["enabled"]:
             return None
         return cls(section["shift"], section["rotation"], section["scale"], section["shear"],
-                   section["elastic_alpha"], section["elastic_sigma"], rng)
+                   section["elastic_alpha"], section["elastic_sigma"], rng, background)
 
     def random_matrices(self, n: int) -> np.ndarray:
         """(n, 2, 3) output-to-input maps: inverses of random forward transforms R(angle) S(shear) Z(scale)."""
@@ -108,7 +114,9 @@ class Augmenter:
 
     def random_displacement(self, n: int, h: int, w: int) -> np.ndarray:
         """(n, 2, h, w) float32 smoothed random displacement in pixels."""
-        field = self.rng.uniform(-1, 1, (n, 2, h, w)).astype(np.float32)
+        field = self.rng.random((n, 2, h, w), dtype=np.float32)
+        field *= np.float32(2)
+        field -= np.float32(1)  # uniform in [-1, 1)
         rows, cols = self._smoother(h), self._smoother(w)
         smoothed = rows @ field @ cols.T
         smoothed *= np.float32(self.elastic_alpha)
@@ -119,7 +127,8 @@ class Augmenter:
             self._smoothers[size] = gaussian_matrix(size, self.elastic_sigma)
         return self._smoothers[size]
 
-    def __call__(self, images: np.ndarray, background: float) -> np.ndarray:
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Augmented copy of a float32 batch (N, H, W)."""
         n, h, w = images.shape
         displacement = self.random_displacement(n, h, w) if self.elastic_alpha > 0 else None
-        return warp(images, self.random_matrices(n), background, displacement)
+        return warp(images, self.random_matrices(n), self.background, displacement)

@@ -84,6 +84,11 @@ def standardise(images_u8: np.ndarray, mean: float, std: float) -> np.ndarray:
     return table[images_u8]
 
 
+def standardised_black(mean: float, std: float) -> float:
+    """The standardised value of a black (0) pixel: what augmentation fills in outside the image."""
+    return float(standardise(np.zeros(1, np.uint8), mean, std)[0])
+
+
 def load_prepared(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a prepared split: uint8 images (N, 28, 28) with pixels 0..255 and uint8 labels (N,) in 0..9."""
     path = Path(path)

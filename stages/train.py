@@ -13,7 +13,7 @@ from mnist_classification.history import write_history
 from mnist_classification.network import build_network
 from mnist_classification.optimizers import make_optimizer
 from mnist_classification.params import load_params
-from mnist_classification.preprocessing import load_meta, load_prepared, standardise
+from mnist_classification.preprocessing import load_meta, load_prepared, standardise, standardised_black
 from mnist_classification.schedules import Schedule
 from mnist_classification.training import train
 
@@ -35,13 +35,8 @@ def main() -> None:
     network = build_network(p, train_images.shape[1:], meta["classes"], mean, std)
     optimizer = make_optimizer(p["optimizer"], p["lr"], p["momentum"], p["weight_decay"])
     schedule = Schedule(p["schedule"], p["lr"], p["epochs"], p["warmup_epochs"], p["step_epochs"], p["gamma"])
-    augmenter = Augmenter.from_params(p["augment"], np.random.default_rng([p["seed"], 3]))
-    augment = None
-    if augmenter is not None:
-        background = float(standardise(np.zeros(1, np.uint8), mean, std)[0])
-
-        def augment(batch):
-            return augmenter(batch, background)
+    augment = Augmenter.from_params(p["augment"], np.random.default_rng([p["seed"], 3]),
+                                    standardised_black(mean, std))
 
     # A diverging run overflows before train() notices the loss; its TrainingDiverged is the one message.
     with np.errstate(over="ignore", invalid="ignore"):

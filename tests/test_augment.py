@@ -68,16 +68,16 @@ def test_disabled_augmentation_is_none():
 def test_zero_strength_augmenter_is_the_identity():
     images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
     augmenter = _augmenter(shift=0, rotation=0, scale=0, shear=0, elastic_alpha=0)
-    np.testing.assert_allclose(augmenter(images, 0.0), images, atol=1e-5)
+    np.testing.assert_allclose(augmenter(images), images, atol=1e-5)
 
 
 @pytest.mark.parametrize("elastic_alpha", [0.0, 8.0])
 def test_augmenter_is_seeded_keeps_shape_and_moves_pixels(elastic_alpha):
     images = np.zeros((8, 28, 28), np.float32)
     images[:, 10:18, 12:16] = 1
-    a = _augmenter(0, elastic_alpha=elastic_alpha)(images, 0.0)
-    b = _augmenter(0, elastic_alpha=elastic_alpha)(images, 0.0)
-    c = _augmenter(1, elastic_alpha=elastic_alpha)(images, 0.0)
+    a = _augmenter(0, elastic_alpha=elastic_alpha)(images)
+    b = _augmenter(0, elastic_alpha=elastic_alpha)(images)
+    c = _augmenter(1, elastic_alpha=elastic_alpha)(images)
     assert a.shape == images.shape and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
@@ -94,3 +94,10 @@ def test_random_matrices_respect_the_ranges():
     angles = np.degrees(np.arctan2(m[:, 1, 0], m[:, 0, 0]))
     assert np.all(np.abs(angles) <= 30 + 1e-6) and np.abs(angles).max() > 25
     np.testing.assert_allclose(np.linalg.det(m[:, :, :2]), 1, rtol=1e-6)
+
+
+def test_augmenter_fills_with_its_background():
+    augmenter = Augmenter(shift=20.0, rotation=0.0, scale=0.0, shear=0.0, elastic_alpha=0.0, elastic_sigma=4.0,
+                          rng=np.random.default_rng(0), background=-0.4)
+    out = augmenter(np.ones((8, 6, 6), np.float32))
+    assert np.isclose(out, -0.4).any() and (np.isclose(out, -0.4) | (out > -0.4)).all()

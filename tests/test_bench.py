@@ -28,11 +28,17 @@ def test_mlp_products_by_hand():
     assert shapes == [(128, 784, 800), (784, 128, 800), (128, 800, 10), (800, 128, 10), (128, 10, 800)]
 
 
-def test_cnn_first_conv_skips_its_input_grad():
+def test_cnn_products_by_hand():
     shapes = bench_train.matmul_shapes(_network(bench_train.CONFIGS["cnn"]), 2)
-    first_conv = shapes[:2]
-    assert first_conv == [(32, 9, 2 * 28 * 28), (32, 2 * 28 * 28, 9)]
-    assert (1, 32 * 9, 2 * 28 * 28) not in shapes
+    p1, p2 = 2 * 28 * 28, 2 * 14 * 14  # pixels of the batch before and after the first pool
+    assert shapes[:11] == [
+        (32, 9, p1), (9, p1, 32),                          # conv 1 -> 32: no input grad
+        (32, 288, p1), (288, p1, 32), (32, 288, p1),       # conv 32 -> 32: dX by the rotated kernel
+        (64, 288, p2), (288, p2, 64), (288, 64, p2),       # conv 32 -> 64: dX by col2im
+        (64, 576, p2), (576, p2, 64), (64, 576, p2),       # conv 64 -> 64: dX by the rotated kernel
+    ]
+    assert shapes[11:] == [(2, 3136, 128), (3136, 2, 128), (2, 128, 3136),
+                           (2, 128, 10), (128, 2, 10), (2, 10, 128)]
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "momentum"])
@@ -44,6 +50,8 @@ def test_command_reports_every_figure(optimizer):
     result = json.loads(out.stdout)["results"]["mlp256"]
     assert result["optimizer"] == optimizer and result["samples"] == 256 and result["batch"] == 128
     assert result["parameters"] == 784 * 256 + 256 + 256 * 10 + 10
-    assert result["samples_per_second"] > 0 and 0 < result["fraction_of_peak"]
-    low, high = result["fraction_range"]
-    assert low <= result["fraction_of_peak"] <= high
+    steps = 256 // 128
+    flops = steps * 2 * sum(m * k * n for m, k, n in [(128, 784, 256), (784, 128, 256), (128, 256, 10),
+                                                       (256, 128, 10), (128, 10, 256)])
+    assert result["loop_gflops"] == pytest.approx(flops / result["median_epoch_seconds"] / 1e9, rel=0.01)
+    assert result["samples_per_second"] == pytest.approx(256 / result["median_epoch_seconds"], rel=0.01)

@@ -2,7 +2,6 @@
 
 import gzip
 import struct
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -95,7 +94,6 @@ def test_short_header():
 def test_header_claiming_billions_is_refused_without_allocating():
     data = b"\x00\x00\x08\x03" + struct.pack(">3I", 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF) + bytes(100)
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with pytest.raises(PipelineError, match="declares"):
             parse_idx(data, "huge.idx")
@@ -103,7 +101,6 @@ def test_header_claiming_billions_is_refused_without_allocating():
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000
-    assert time.perf_counter() - start < 1.0
 
 
 def test_gzip_bomb_is_refused(tmp_path):

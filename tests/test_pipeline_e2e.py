@@ -73,7 +73,9 @@ def test_changing_lr_reruns_only_train_and_evaluate(project):
     assert ran(result.stdout) == {"train", "evaluate"}
     assert "lr: 5e-05" in (project / "params.yaml").read_text()
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project, env).stdout)
-    assert shown  # the experiment is recorded
+    recorded = [experiment["revs"][0]["data"] for row in shown for experiment in row.get("experiments") or []]
+    assert [data["params"]["params.yaml"]["data"]["train"]["lr"] for data in recorded] == [5e-05]
+    assert 0 < recorded[0]["metrics"]["metrics/eval.json"]["data"]["accuracy"] <= 1
 
 
 def test_changing_val_fraction_does_not_refetch(project):

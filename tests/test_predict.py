@@ -31,6 +31,7 @@ from mnist_classification.params import validate
 from mnist_classification.preprocessing import (
     normalisation_stats,
     standardise,
+    standardised_black,
     stratified_split,
 )
 from mnist_classification.schedules import Schedule
@@ -62,14 +63,13 @@ def train_fixture_model(path: str | Path) -> None:
     params = {"model": "mlp", "hidden": [HIDDEN], "activation": "relu", "init": "he", "dropout": DROPOUT,
               "seed": 0}
     network = build_network(params, (28, 28), [str(d) for d in range(10)], mean, std)
-    background = float(standardise(np.zeros(1, np.uint8), mean, std)[0])  # a standardised black pixel
     augmenter = Augmenter(shift=1.0, rotation=10.0, scale=0.1, shear=0.0, elastic_alpha=0.0, elastic_sigma=4.0,
-                          rng=np.random.default_rng(1))
+                          rng=np.random.default_rng(1), background=standardised_black(mean, std))
     train(network, make_optimizer("adam", LR, 0.9, 0.0), Schedule("constant", LR, EPOCHS),
           standardise(images[train_idx], mean, std), labels[train_idx],
           standardise(images[val_idx], mean, std), labels[val_idx],
           epochs=EPOCHS, batch_size=BATCH, patience=0, rng=np.random.default_rng(0),
-          augment=lambda batch: augmenter(batch, background), progress=False)
+          augment=augmenter, progress=False)
     network.save(path)
 
 

@@ -18,6 +18,7 @@ from mnist_classification.preprocessing import (
     load_prepared,
     normalisation_stats,
     standardise,
+    standardised_black,
     stratified_split,
 )
 
@@ -152,3 +153,8 @@ def test_preprocess_stage_errors_cleanly_without_raw_data(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("preprocess: error: data/raw/dataset.json not found")
     assert "Traceback" not in result.stderr
+
+
+def test_standardised_black_is_a_standardised_zero_pixel():
+    assert standardised_black(0.13, 0.31) == pytest.approx(-0.13 / 0.31, rel=1e-6)
+    assert standardised_black(0.13, 0.31) == standardise(np.zeros((1, 1), np.uint8), 0.13, 0.31)[0, 0]
