@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +22,9 @@ from .conv import CONV_LAYERS, conv_feature_layers
 from .errors import PipelineError
 from .layers import ACTIVATIONS, AddChannel, Dense, Dropout, Flatten, Layer
 from .losses import softmax
+from .npz import read_npz
 
 FORMAT = "mnist-classification/model-v1"
-
-# What reading a damaged, truncated or hand-crafted zip archive can raise besides ValueError.
-_NPZ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error, lzma.LZMAError,
-               NotImplementedError, RuntimeError)
 
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.kind: cls for cls in (Dense, Dropout, Flatten, AddChannel, *ACTIVATIONS.values(), *CONV_LAYERS)
@@ -132,25 +126,7 @@ def layer_from_config(config: dict) -> Layer:
 def load_network(path: str | Path) -> Network:
     """Load and validate a model file written by :meth:`Network.save`. Nothing in it is executed."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"model file {path} not found; train one with `dvc repro` or pass --model PATH")
-    try:
-        with open(path, "rb") as handle:
-            is_zip = handle.read(2) == b"PK"
-    except OSError as exc:
-        raise PipelineError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    if not is_zip:  # np.load would return a bare .npy array or try to unpickle other files
-        raise PipelineError(f"model file {path} is not an .npz model (it is not a zip archive); "
-                            "train one with `dvc repro` or pass --model PATH")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise PipelineError(f"model file {path} is refused: it holds pickled objects ({exc})") from None
-        raise PipelineError(f"model file {path} is truncated or not an .npz model: {exc}") from None
-    except _NPZ_ERRORS as exc:
-        raise PipelineError(f"model file {path} is truncated or not an .npz model: {exc}") from None
+    arrays = read_npz(path, "model file", "train one with `dvc repro` or pass --model PATH")
     try:
         return _network_from_arrays(arrays)
     except (ValueError, KeyError, TypeError) as exc:

@@ -7,17 +7,15 @@ is a pure function applied when the data are loaded.
 from __future__ import annotations
 
 import json
-import lzma
 import math
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PipelineError
 from .idx import NUM_CLASSES, check_images_labels
+from .npz import read_npz
 
 _STATS_CHUNK = 1 << 22  # pixels per bincount call
 
@@ -93,22 +91,11 @@ def load_prepared(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a prepared split: uint8 images (N, 28, 28) with pixels 0..255 and uint8 labels (N,) in 0..9."""
     path = Path(path)
     hint = "run the preprocess stage again (dvc repro preprocess)"
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(2) != b"PK":  # np.load would return a bare .npy array
-                raise PipelineError(f"{path} is not an .npz archive; {hint}")
-        with np.load(path, allow_pickle=False) as npz:
-            missing = {"images", "labels"} - set(npz.files)
-            if missing:
-                raise PipelineError(f"{path} lacks array(s) {', '.join(sorted(missing))}; {hint}")
-            images, labels = npz["images"], npz["labels"]
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found; {hint}") from None
-    except PipelineError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error, lzma.LZMAError,
-            NotImplementedError, RuntimeError) as exc:
-        raise PipelineError(f"{path} is not a readable .npz file ({exc}); {hint}") from None
+    arrays = read_npz(path, "prepared split", hint)
+    missing = {"images", "labels"} - set(arrays)
+    if missing:
+        raise PipelineError(f"prepared split {path} lacks array(s) {', '.join(sorted(missing))}; {hint}")
+    images, labels = arrays["images"], arrays["labels"]
     try:
         check_images_labels(images, labels, str(path))
     except PipelineError as exc:

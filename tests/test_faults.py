@@ -251,7 +251,7 @@ CORRUPT_INPUTS = {
     "raw labels out of range": ("preprocess", "data/raw/t10k-labels-idx1-ubyte.gz", _labels_out_of_range,
                                 "3 labels outside 0..9"),
     "broken deflate in prepared npz": ("train", "data/prepared/train.npz", _break_deflate,
-                                       "is not a readable .npz file"),
+                                       "is truncated or not a readable .npz archive"),
     "npy as prepared npz": ("train", "data/prepared/val.npz", _npy_instead_of_npz, "is not an .npz archive"),
     "meta without mean": ("train", "data/prepared/meta.json", _meta_without_mean,
                           "'mean' is None; expected a finite number"),
@@ -259,7 +259,7 @@ CORRUPT_INPUTS = {
                            "'std' is 0; expected a positive number"),
     "meta not json": ("train", "data/prepared/meta.json", _not_a_history, "cannot read"),
     "broken deflate in test npz": ("evaluate", "data/prepared/test.npz", _break_deflate,
-                                   "is not a readable .npz file"),
+                                   "is truncated or not a readable .npz archive"),
     "history not a history": ("evaluate", "plots/history.csv", _not_a_history, "is not a training history"),
 }
 
@@ -629,9 +629,9 @@ def _compressed_broken(path, marker):
 
 
 BAD_MODELS = {
-    "truncated": (_truncate, "is truncated or not an .npz model"),
-    "html page": (_html, "is not an .npz model (it is not a zip archive)"),
-    "broken deflate": (_compressed_broken, "is truncated or not an .npz model: Error -3"),
+    "truncated": (_truncate, "is truncated or not a readable .npz archive"),
+    "html page": (_html, "is not an .npz archive (not a zip file)"),
+    "broken deflate": (_compressed_broken, "is truncated or not a readable .npz archive (Error -3"),
     "tampered": (_tamper, "do not match the checksum recorded at training"),
     "wrong architecture": (_wrong_architecture, "the architecture needs"),
     "pickled": (add_pickled_payload, "is refused: it holds pickled objects"),
@@ -691,12 +691,12 @@ def _patch_zip_field(data: bytes, local_offset: int, central_offset: int, value:
 HAND_CRAFTED_MODELS = {
     # what each did before the fix: a traceback (TypeError, NotImplementedError, LZMAError, RuntimeError)
     # or a misleading "holds pickled objects"
-    "bare .npy": (lambda data: _npy_bytes(), "is not an .npz model (it is not a zip archive)"),
-    "text file": (lambda data: b"weights: 1 2 3\n", "is not an .npz model (it is not a zip archive)"),
-    "empty file": (lambda data: b"", "is not an .npz model (it is not a zip archive)"),
+    "bare .npy": (lambda data: _npy_bytes(), "is not an .npz archive (not a zip file)"),
+    "text file": (lambda data: b"weights: 1 2 3\n", "is not an .npz archive (not a zip file)"),
+    "empty file": (lambda data: b"", "is not an .npz archive (not a zip file)"),
     "unknown compression": (lambda data: _patch_zip_field(data, 8, 10, 99), "compression method is not supported"),
-    "lzma with bad options": (lambda data: _patch_zip_field(data, 8, 10, 14), "is truncated or not an .npz model"),
-    "bzip2 that is not": (lambda data: _patch_zip_field(data, 8, 10, 12), "is truncated or not an .npz model"),
+    "lzma with bad options": (lambda data: _patch_zip_field(data, 8, 10, 14), "is truncated or not a readable .npz archive"),
+    "bzip2 that is not": (lambda data: _patch_zip_field(data, 8, 10, 12), "is truncated or not a readable .npz archive"),
     "encrypted": (lambda data: _patch_zip_field(data, 6, 8, 1), "is encrypted"),
 }
 

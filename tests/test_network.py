@@ -61,7 +61,7 @@ def test_missing_model(tmp_path):
 
 def test_truncated_model(model_file):
     model_file.write_bytes(model_file.read_bytes()[:2000])
-    with pytest.raises(PipelineError, match="truncated or not an .npz model"):
+    with pytest.raises(PipelineError, match="truncated or not a readable .npz archive"):
         load_network(model_file)
 
 

@@ -98,7 +98,7 @@ def test_load_prepared_round_trip_and_errors(tmp_path):
     with pytest.raises(PipelineError, match=r"missing\.npz not found.*preprocess"):
         load_prepared(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(PipelineError, match=r"junk\.npz is not a readable \.npz"):
+    with pytest.raises(PipelineError, match=r"junk\.npz is truncated or not a readable \.npz"):
         load_prepared(tmp_path / "junk.npz")
     save_npz(tmp_path / "nolabels.npz", {"images": images})
     with pytest.raises(PipelineError, match="lacks array.*labels"):
