@@ -258,8 +258,8 @@ def fetch_file(fspec: FileSpec, mirrors: Sequence[str], *, timeout: float = 30.0
     tried = "\n".join(f"  - {line}" for line in failures) or "  (no mirrors configured)"
     raise PipelineError(
         f"could not fetch {fspec.gz_name} from any mirror:\n{tried}\n"
-        f"Nothing partial was written. If you have the dataset files (e.g. copied from another machine or "
-        f"from ../shared/data), point {ENV_VAR} at the folder holding them, or at an http(s) URL prefix, "
+        f"Only complete, verified files are kept. If you have the dataset files (e.g. copied from another "
+        f"machine), point {ENV_VAR} at the folder holding them, or at an http(s) URL prefix, "
         f"and run again: {ENV_VAR}=/path/to/mnist dvc repro"
     )
 

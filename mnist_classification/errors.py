@@ -19,11 +19,16 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_cli(main: Callable[[], object], name: str) -> None:
-    """Run ``main`` and exit: 0 on success, 2 on PipelineError, 130 on Ctrl-C/SIGTERM.
+INTERRUPTED = ("interrupted; files it had not finished writing were discarded "
+               "(after `dvc repro`, `dvc checkout` restores the outputs recorded in dvc.lock)")
+
+
+def run_cli(main: Callable[[], object], name: str, memory_hint: str = "") -> None:
+    """Run ``main`` and exit: 0 on success, 2 on PipelineError or MemoryError, 130 on Ctrl-C/SIGTERM.
 
     SIGTERM is turned into KeyboardInterrupt so that ``finally`` blocks and
     atomic writers clean up their temporary files before the process ends.
+    ``memory_hint`` tells what to change when an allocation fails (e.g. which params).
     """
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -31,7 +36,11 @@ def run_cli(main: Callable[[], object], name: str) -> None:
     except PipelineError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except MemoryError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        print(f"{name}: error: out of memory{detail}{'; ' + memory_hint if memory_hint else ''}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
-        print(f"\n{name}: interrupted; previous outputs are left as they were", file=sys.stderr)
+        print(f"\n{name}: {INTERRUPTED}", file=sys.stderr)
         sys.exit(130)
     sys.exit(0)

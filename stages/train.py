@@ -66,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, "train")
+    run_cli(main, "train", memory_hint="choose smaller train.hidden, train.cnn.channels or train.batch_size")

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from mnist_classification import atomic
 from mnist_classification.datasets import FILE_NAMES
 from mnist_classification.download import canonical_gzip, fetch_dataset
-from mnist_classification.errors import PipelineError
+from mnist_classification.errors import INTERRUPTED, PipelineError
 from mnist_classification.idx import encode_idx, parse_idx
 from mnist_classification.network import build_network, load_network
 from mnist_classification.params import validate
@@ -179,7 +179,7 @@ def test_every_download_failure_leaves_no_partial_output(server, tmp_path, kind)
     assert message.startswith(f"could not fetch {SPEC.files[0].gz_name} from any mirror:")
     reason = next(line for line in message.splitlines() if line.startswith(f"  - {bad}: "))
     assert BAD_MIRRORS[kind] in reason
-    assert "Nothing partial was written" in message and "DATASET_MIRROR=/path/to/mnist dvc repro" in message
+    assert "Only complete, verified files are kept" in message and "DATASET_MIRROR=/path/to/mnist dvc repro" in message
     assert not dest.exists() or list(dest.iterdir()) == []
 
 
@@ -195,7 +195,7 @@ def test_fetch_stage_with_a_file_missing_from_the_mirror(built, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     error = result.stderr[result.stderr.index("fetch: error: "):]
     assert error.startswith(f"fetch: error: could not fetch {FILE_NAMES[2]}.gz from any mirror:")
-    assert f"missing file {partial / FILE_NAMES[2]}.gz" in error and "Nothing partial was written" in error
+    assert f"missing file {partial / FILE_NAMES[2]}.gz" in error and "Only complete, verified files are kept" in error
     raw = work / "data" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(f"{n}.gz" for n in FILE_NAMES[:2])
 
@@ -278,6 +278,18 @@ def test_corrupt_input_stops_the_stage_before_it_writes(project, case):
 
 
 # --------------------------------------------------------------------------- diverging training
+
+def test_network_too_large_for_memory_is_a_clear_error(project):
+    root, env = project
+    before = snapshot(root)
+    set_params(root, "train", hidden=[100_000_000])  # a 784 x 1e8 float32 weight matrix: 292 GiB
+    result = stage(root, env, "train")
+    line = assert_clean_error(result, "train: error: out of memory (Unable to allocate",
+                              "choose smaller train.hidden, train.cnn.channels or train.batch_size")
+    assert result.stderr.strip() == line
+    assert snapshot(root) == before
+    assert temp_files(root) == []
+
 
 def test_diverging_learning_rate_names_the_epoch_and_keeps_the_previous_model(project):
     root, env = project
@@ -370,7 +382,7 @@ def test_interrupted_training_leaves_previous_outputs(project, signum):
     message = log.read_text()
     assert proc.returncode == 130, message
     assert "Traceback" not in message
-    assert message.rstrip().splitlines()[-1] == "train: interrupted; previous outputs are left as they were"
+    assert message.rstrip().splitlines()[-1] == f"train: {INTERRUPTED}"
     assert snapshot(root) == before
     assert temp_files(root) == []
     if signum != signal.SIGTERM:
@@ -449,7 +461,7 @@ def test_interrupted_download_leaves_only_complete_files(built, tmp_path, signum
                 proc.wait()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert stderr.rstrip().splitlines()[-1] == "fetch: interrupted; previous outputs are left as they were"
+    assert stderr.rstrip().splitlines()[-1] == f"fetch: {INTERRUPTED}"
     # only the file that was completely downloaded and verified, in canonical form; nothing partial
     assert sorted(p.name for p in raw.iterdir()) == [f"{FILE_NAMES[0]}.gz"]
     payload = gzip.decompress((mirror / f"{FILE_NAMES[0]}.gz").read_bytes())
