@@ -158,8 +158,18 @@ def test_wrong_image_size_and_swapped_files(tmp_path):
     paths = _pair(tmp_path, np.zeros((3, 32, 32), np.uint8), np.zeros(3, np.uint8))
     with pytest.raises(PipelineError, match=r"\(3, 32, 32\); expected \(N, 28, 28\)"):
         load_images_labels(*paths)
-    with pytest.raises(PipelineError, match="expected a 3-D image file"):
+    with pytest.raises(PipelineError, match=r"is that of a label file \(N\); expected an image file "
+                                            r"\(N x 28 x 28\) \(magic 00000803\) — were the image and label"):
         load_images_labels(paths[1], paths[0])
+
+
+def test_label_file_with_an_image_header_is_named_as_such(tmp_path):
+    """A label payload behind an image magic: the header is the problem, not a truncated payload."""
+    paths = _pair(tmp_path, np.zeros((3, 28, 28), np.uint8), np.array([1, 2, 3], np.uint8))
+    labels = gzip.decompress(paths[1].read_bytes())
+    paths[1].write_bytes(gzip.compress(b"\x00\x00\x08\x03" + labels[4:]))
+    with pytest.raises(PipelineError, match=r"labels\S*: IDX header \(magic 00000803\) is that of an image file"):
+        load_images_labels(*paths)
 
 
 _VALID = [encode_idx(np.arange(12, dtype=np.uint8)), encode_idx(np.ones((2, 2, 3), np.uint8))]
