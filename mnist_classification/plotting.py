@@ -72,7 +72,8 @@ def _curve(history_rows: Sequence[dict], path, train_key: str, val_key: str, yla
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)  # whole epochs as ticks, even for a one-epoch run
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best", fontsize=8)
     _save(figure, path)
