@@ -22,14 +22,21 @@ from .errors import PipelineError
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader whose floats follow the YAML 1.2 core schema (``1e-5`` is a float)."""
+    """SafeLoader whose floats and booleans follow the YAML 1.2 core schema, as DVC writes them.
+
+    ``1e-5`` is a float, and only true/false are booleans: ``yes``, ``no``, ``on``
+    and ``off`` are strings (DVC records ``-S key=yes`` as the string "yes").
+    """
 
 
-# Drop YAML 1.1's float resolver and install the YAML 1.2 core-schema one.
+# Drop YAML 1.1's float and bool resolvers and install the YAML 1.2 core-schema ones.
 _Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(

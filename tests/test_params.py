@@ -28,6 +28,16 @@ def test_yaml_12_number_forms():
     assert load_yaml("[1e3, .5, -2.5E-3, 7, +1.0]", "x") == [1000.0, 0.5, -0.0025, 7, 1.0]
 
 
+def test_yaml_12_booleans():
+    assert load_yaml("[true, False, TRUE, yes, no, on, off, y]", "x") == [True, False, True, "yes", "no", "on",
+                                                                          "off", "y"]
+    with pytest.raises(PipelineError, match="train.augment.enabled is 'yes' \\(str\\); expected true or false"):
+        validate(load_yaml("train:\n  augment:\n    enabled: yes\n", "x"))
+    classes = ["no", "yes", "on", "off", "a", "b", "c", "d", "e", "f"]
+    assert validate(load_yaml(f"fetch:\n  custom:\n    classes: [{', '.join(classes)}]\n", "x")
+                    )["fetch"]["custom"]["classes"] == classes
+
+
 def test_integer_accepted_where_a_float_is_expected():
     assert validate({"train": {"lr": 1}})["train"]["lr"] == 1.0
 
