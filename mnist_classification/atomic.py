@@ -5,6 +5,10 @@ fsyncs it, then renames it over the destination: a reader (or DVC) sees either
 the old file or the complete new one, never a half-written artifact. A failed
 write (disk full, permission denied, Ctrl-C) removes the temporary file and
 raises :class:`PipelineError` naming the destination.
+
+Inside :func:`all_or_nothing`, the renames wait until the block ends, so a
+stage's outputs change together: an error or Ctrl-C while the stage is still
+writing (say, its third plot) leaves every previous output as it was.
 """
 
 from __future__ import annotations
@@ -27,6 +31,29 @@ from .errors import PipelineError
 # which would make identical models differ byte for byte.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
+# (temporary file, destination) pairs waiting for the end of an all_or_nothing block, or None.
+_pending: list[tuple[Path, Path]] | None = None
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Defer the atomic writers' renames to the end of the block: all files change, or none does."""
+    global _pending
+    if _pending is not None:
+        raise RuntimeError("all_or_nothing blocks do not nest")
+    _pending = []
+    try:
+        yield
+        for tmp, path in _pending:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise PipelineError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        for tmp, _ in _pending:  # the ones not renamed: an error, Ctrl-C or a failed rename
+            tmp.unlink(missing_ok=True)
+        _pending = None
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
@@ -44,7 +71,10 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        if _pending is None:
+            os.replace(tmp, path)
+        else:
+            _pending.append((tmp, path))
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise PipelineError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from exc

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_classification.atomic import write_csv, write_json
+from mnist_classification.atomic import all_or_nothing, write_csv, write_json
 from mnist_classification.errors import PipelineError, run_cli
 from mnist_classification.history import read_history
 from mnist_classification.metrics import classification_report, confusion_matrix
@@ -58,14 +58,15 @@ def main() -> None:
     predicted = probabilities.argmax(axis=1)
     report = classification_report(labels, predicted, probabilities, classes)
 
-    write_json(METRICS, report)
-    write_csv(CONFUSION_CSV, ("actual", "predicted"),
-              ((classes[a], classes[p]) for a, p in zip(labels.tolist(), predicted.tolist())))
-    plot_loss_curve(history, LOSS_PNG)
-    plot_accuracy(history, ACCURACY_PNG)
-    plot_confusion_matrix(confusion_matrix(labels, predicted, len(classes)), classes, CONFUSION_PNG)
-    plot_misclassified(images, labels, predicted, probabilities, classes, MISCLASSIFIED_PNG,
-                       params["evaluate"]["gallery_size"])
+    with all_or_nothing():  # metrics and every plot change together
+        write_json(METRICS, report)
+        write_csv(CONFUSION_CSV, ("actual", "predicted"),
+                  ((classes[a], classes[p]) for a, p in zip(labels.tolist(), predicted.tolist())))
+        plot_loss_curve(history, LOSS_PNG)
+        plot_accuracy(history, ACCURACY_PNG)
+        plot_confusion_matrix(confusion_matrix(labels, predicted, len(classes)), classes, CONFUSION_PNG)
+        plot_misclassified(images, labels, predicted, probabilities, classes, MISCLASSIFIED_PNG,
+                           params["evaluate"]["gallery_size"])
     print(f"evaluate: test accuracy={report['accuracy']:.4f} loss={report['loss']:.4f} on "
           f"{report['samples']} images; wrote {METRICS}", file=sys.stderr)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_classification.atomic import save_npz, write_json
+from mnist_classification.atomic import all_or_nothing, save_npz, write_json
 from mnist_classification.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_classification.errors import PipelineError, run_cli
 from mnist_classification.idx import NUM_CLASSES, load_images_labels
@@ -52,18 +52,20 @@ def main() -> None:
         "test": (test_images, test_labels),
     }
     mean, std = normalisation_stats(splits["train"][0])  # training split only
-    for name, (x, y) in splits.items():
-        save_npz(OUT_DIR / f"{name}.npz", {"images": x, "labels": y}, compress=True)
-    write_json(OUT_DIR / "meta.json", {
-        "dataset": info["name"],
-        "classes": info["classes"],
-        "mean": mean,
-        "std": std,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "counts": {name: int(len(y)) for name, (_, y) in splits.items()},
-        "class_counts": {name: np.bincount(y, minlength=NUM_CLASSES).tolist() for name, (_, y) in splits.items()},
-    })
+    with all_or_nothing():  # the three splits and their statistics change together
+        for name, (x, y) in splits.items():
+            save_npz(OUT_DIR / f"{name}.npz", {"images": x, "labels": y}, compress=True)
+        write_json(OUT_DIR / "meta.json", {
+            "dataset": info["name"],
+            "classes": info["classes"],
+            "mean": mean,
+            "std": std,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "counts": {name: int(len(y)) for name, (_, y) in splits.items()},
+            "class_counts": {name: np.bincount(y, minlength=NUM_CLASSES).tolist()
+                             for name, (_, y) in splits.items()},
+        })
 
 
 if __name__ == "__main__":

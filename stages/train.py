@@ -44,23 +44,24 @@ def main() -> None:
                        p["epochs"], p["batch_size"], p["patience"], np.random.default_rng([p["seed"], 2]),
                        augment=augment, progress=True)
 
-    network.save(MODEL)
-    write_history(HISTORY, result.history)
     best = result.history[result.best_epoch - 1]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    atomic.write_json(METRICS, {
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "train_loss": round(best["train_loss"], 6),
-        "train_accuracy": round(best["train_accuracy"], 6),
-        "val_loss": round(best["val_loss"], 6),
-        "val_accuracy": round(best["val_accuracy"], 6),
-        "parameters": network.count_parameters(),
-        "train_seconds": round(result.seconds, 2),
-        "samples_per_second": round(result.samples_seen / result.seconds, 1),
-        "peak_memory_mib": round(peak_kib / 1024, 1),
-    })
+    with atomic.all_or_nothing():  # the model, its history and its metrics change together
+        network.save(MODEL)
+        write_history(HISTORY, result.history)
+        atomic.write_json(METRICS, {
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
+            "train_loss": round(best["train_loss"], 6),
+            "train_accuracy": round(best["train_accuracy"], 6),
+            "val_loss": round(best["val_loss"], 6),
+            "val_accuracy": round(best["val_accuracy"], 6),
+            "parameters": network.count_parameters(),
+            "train_seconds": round(result.seconds, 2),
+            "samples_per_second": round(result.samples_seen / result.seconds, 1),
+            "peak_memory_mib": round(peak_kib / 1024, 1),
+        })
     print(f"train: best epoch {result.best_epoch} val_accuracy={best['val_accuracy']:.4f}, "
           f"{result.seconds:.1f}s; wrote {MODEL}", file=sys.stderr)
 

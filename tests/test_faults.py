@@ -560,6 +560,56 @@ def test_interrupt_during_a_write_removes_the_temporary_file(tmp_path, monkeypat
     assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["model.npz"]
 
 
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, PipelineError])
+def test_all_or_nothing_keeps_every_previous_file_when_one_write_fails(tmp_path, failure):
+    paths = [tmp_path / "a.json", tmp_path / "sub" / "b.csv", tmp_path / "c.txt"]
+    paths[0].write_text("old a")
+    with pytest.raises(failure):
+        with atomic.all_or_nothing():
+            atomic.write_json(paths[0], {"new": 1})
+            atomic.write_csv(paths[1], ("x",), [(1,)])
+            assert paths[0].read_text() == "old a" and not paths[1].exists()  # nothing renamed yet
+            raise failure("the third output could not be made")
+    assert paths[0].read_text() == "old a" and not paths[1].exists() and not paths[2].exists()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.json"]  # no temporary files
+
+
+def test_all_or_nothing_writes_everything_at_the_end(tmp_path):
+    with atomic.all_or_nothing():
+        atomic.write_text(tmp_path / "a.txt", "A")
+        atomic.write_text(tmp_path / "b.txt", "B")
+    assert (tmp_path / "a.txt").read_text() == "A" and (tmp_path / "b.txt").read_text() == "B"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    atomic.write_text(tmp_path / "a.txt", "A2")  # outside a block, writes land at once again
+    assert (tmp_path / "a.txt").read_text() == "A2"
+    with pytest.raises(RuntimeError, match="do not nest"):
+        with atomic.all_or_nothing(), atomic.all_or_nothing():
+            pass
+
+
+def test_evaluate_failing_on_its_last_plot_changes_no_output(project):
+    """The gallery of misclassified images is the evaluate stage's last output."""
+    root, env = project
+    outputs = ["metrics/eval.json", "plots/confusion.csv", "plots/loss_curve.png", "plots/accuracy_plot.png",
+               "plots/confusion_matrix.png"]
+    for name in outputs:  # stand-ins that a real evaluate run would replace
+        (root / name).write_text(f"previous {name}\n")
+    before = snapshot(root)
+    sitecustomize = root.parent / "failing_gallery"
+    sitecustomize.mkdir(exist_ok=True)
+    (sitecustomize / "sitecustomize.py").write_text(
+        "import mnist_classification.plotting as plotting\n"
+        "from mnist_classification.errors import PipelineError\n"
+        "def fail(*args, **kwargs):\n"
+        "    raise PipelineError('cannot draw the gallery (injected failure)')\n"
+        "plotting.plot_misclassified = fail\n")
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(sitecustomize), env.get("PYTHONPATH", "")])}
+    result = stage(root, env, "evaluate")
+    assert_clean_error(result, "evaluate: error: cannot draw the gallery (injected failure)")
+    assert snapshot(root) == before
+    assert temp_files(root) == []
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A real 16 KiB tmpfs; skipped where mounting is not permitted (not root, containers)."""
