@@ -27,18 +27,18 @@ _TYPE_NAMES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: 
 _REFETCH = "delete it and run the fetch stage again (dvc repro fetch)"
 
 
-def parse_idx(data: bytes, source: str, ndim: int | None = None) -> np.ndarray:
+def parse_idx(data: bytes, source: str, expected_ndim: int | None = None) -> np.ndarray:
     """Decode IDX ``data`` into a read-only uint8 array of shape (N,) or (N, H, W).
 
     ``source`` names the data in error messages. Raises PipelineError for a bad
     magic number, a type other than 0x08, a rank other than 1 or 3 (or other than
-    ``ndim`` when given), or a payload whose length differs from the product of
+    ``expected_ndim`` when given), or a payload whose length differs from the product of
     the dimensions.
     """
     data = memoryview(data).cast("B")
     if len(data) < 4:
         raise PipelineError(f"{source}: only {len(data)} bytes; expected an IDX header of at least 4 bytes")
-    expected_ndim, (zero0, zero1, code, ndim) = ndim, data[:4]
+    zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
     if zero0 != 0 or zero1 != 0:
         raise PipelineError(
             f"{source}: bad IDX magic number {bytes(data[:4]).hex()}; expected it to start with two zero bytes "
@@ -123,8 +123,8 @@ def gunzip(data: bytes, source: str, limit: int = MAX_DECOMPRESSED_BYTES) -> byt
     return b"".join(parts)
 
 
-def read_idx_gz(path: str | os.PathLike, ndim: int | None = None, limit: int = MAX_DECOMPRESSED_BYTES
-                ) -> np.ndarray:
+def read_idx_gz(path: str | os.PathLike, expected_ndim: int | None = None,
+                limit: int = MAX_DECOMPRESSED_BYTES) -> np.ndarray:
     """Read a gzip-compressed IDX file into a read-only uint8 array (see :func:`parse_idx`)."""
     path = Path(path)
     try:
@@ -134,7 +134,7 @@ def read_idx_gz(path: str | os.PathLike, ndim: int | None = None, limit: int = M
     except OSError as exc:
         raise PipelineError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        return parse_idx(gunzip(data, str(path), limit), str(path), ndim)
+        return parse_idx(gunzip(data, str(path), limit), str(path), expected_ndim)
     except PipelineError as exc:
         raise PipelineError(f"{exc}; {_REFETCH}") from None
 
@@ -160,7 +160,7 @@ def check_images_labels(images: np.ndarray, labels: np.ndarray, source: str) -> 
 def load_images_labels(images_path: str | os.PathLike, labels_path: str | os.PathLike
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Read an image file and its label file: uint8 (N, 28, 28) pixels 0..255 and uint8 (N,) in 0..9."""
-    images = read_idx_gz(images_path, ndim=3)
-    labels = read_idx_gz(labels_path, ndim=1)
+    images = read_idx_gz(images_path, expected_ndim=3)
+    labels = read_idx_gz(labels_path, expected_ndim=1)
     check_images_labels(images, labels, f"{images_path} + {labels_path}")
     return images, labels
