@@ -66,7 +66,7 @@ def layer_matmuls(layer, in_shape, batch, first):
         f, kk, pixels = layer.out_channels, layer.kernel_size ** 2, batch * h * w
         products = [(f, c * kk, pixels), (c * kk, pixels, f)]   # Y = W cols ; dW^T = cols dY^T
         if not first:
-            if layer._use_col2im():
+            if layer.uses_col2im():
                 products.append((c * kk, f, pixels))            # dX = col2im(W^T dY)
             else:
                 products.append((c, f * kk, pixels))            # dX = rotated W @ im2col(dY)

@@ -202,7 +202,7 @@ class Conv2D(Layer):
             return None
         dtype = np.result_type(dy.dtype, weight.dtype)
         dx = np.empty((c, n, h, w), dtype=dtype)
-        if self._use_col2im():
+        if self.uses_col2im():
             # dX = col2im(W.T @ dY): the (C*k*k, N*H*W) matrix is small when C << F.
             dcols = self._work.get("cols", (c, k, k, n, h, w), dtype)  # the forward columns' memory
             np.matmul(weight.T, dy2, out=dcols.reshape(c * k * k, n * h * w))
@@ -215,7 +215,7 @@ class Conv2D(Layer):
             np.matmul(rotated, dcols.reshape(f * k * k, n * h * w), out=dx.reshape(c, n * h * w))
         return from_channel_major(dx)
 
-    def _use_col2im(self) -> bool:
+    def uses_col2im(self) -> bool:
         """Input-gradient method: col2im when it moves less data than im2col of dY does."""
         if self.input_grad_method != "auto":
             return self.input_grad_method == "col2im"
@@ -249,6 +249,7 @@ class MaxPool2D(Layer):
         self.size = int(size)
         if self.size < 1:
             raise ValueError(f"pool size must be positive, not {size}")
+        self._cache = None
 
     @staticmethod
     def _reduce(slices, out_shape, dtype):
@@ -289,6 +290,8 @@ class MaxPool2D(Layer):
         return out.reshape(n, c, ho, wo)
 
     def backward(self, grad_out):
+        if self._cache is None:
+            raise RuntimeError("MaxPool2D.backward needs a preceding forward(x, training=True)")
         (n, c, h, w), channel_first, row_arg, col_arg = self._cache
         s = self.size
         ho, wo = h // s, w // s

@@ -37,8 +37,8 @@ def run_cli(main: Callable[[], object], name: str, memory_hint: str = "") -> Non
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except MemoryError as exc:
-        detail = f" ({exc})" if str(exc) else ""
-        print(f"{name}: error: out of memory{detail}{'; ' + memory_hint if memory_hint else ''}", file=sys.stderr)
+        parts = ["out of memory" + (f" ({exc})" if str(exc) else ""), memory_hint]
+        print(f"{name}: error: " + "; ".join(part for part in parts if part), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"\n{name}: {INTERRUPTED}", file=sys.stderr)

@@ -27,8 +27,6 @@ _TRAIN_COLOUR = "tab:blue"
 _VAL_COLOUR = "tab:orange"
 
 
-# --------------------------------------------------------------------------- history
-
 # --------------------------------------------------------------------------- saving
 
 def _new_figure(width: float, height: float) -> Figure:

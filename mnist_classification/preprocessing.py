@@ -18,6 +18,7 @@ from .idx import NUM_CLASSES, check_images_labels
 from .npz import read_npz
 
 _STATS_CHUNK = 1 << 22  # pixels per bincount call
+_REPREPROCESS = "run the preprocess stage again (dvc repro preprocess)"
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,16 +91,15 @@ def standardised_black(mean: float, std: float) -> float:
 def load_prepared(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a prepared split: uint8 images (N, 28, 28) with pixels 0..255 and uint8 labels (N,) in 0..9."""
     path = Path(path)
-    hint = "run the preprocess stage again (dvc repro preprocess)"
-    arrays = read_npz(path, "prepared split", hint)
+    arrays = read_npz(path, "prepared split", _REPREPROCESS)
     missing = {"images", "labels"} - set(arrays)
     if missing:
-        raise PipelineError(f"prepared split {path} lacks array(s) {', '.join(sorted(missing))}; {hint}")
+        raise PipelineError(f"prepared split {path} lacks array(s) {', '.join(sorted(missing))}; {_REPREPROCESS}")
     images, labels = arrays["images"], arrays["labels"]
     try:
         check_images_labels(images, labels, str(path))
     except PipelineError as exc:
-        raise PipelineError(f"{exc}; {hint}") from None
+        raise PipelineError(f"{exc}; {_REPREPROCESS}") from None
     return images, labels
 
 
@@ -110,22 +110,23 @@ def load_meta(path: str | os.PathLike) -> dict:
     normalisation of pixels scaled to [0, 1]) and ``classes`` (NUM_CLASSES names).
     """
     path = Path(path)
-    hint = "run the preprocess stage again (dvc repro preprocess)"
     try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PipelineError(f"{path} not found; {hint}") from None
+        raise PipelineError(f"{path} not found; {_REPREPROCESS}") from None
     except (OSError, ValueError) as exc:
-        raise PipelineError(f"cannot read {path} ({exc}); {hint}") from None
+        raise PipelineError(f"cannot read {path} ({exc}); {_REPREPROCESS}") from None
     if not isinstance(meta, dict):
-        raise PipelineError(f"{path} holds a JSON {type(meta).__name__}, not an object; {hint}")
+        raise PipelineError(f"{path} holds a JSON {type(meta).__name__}, not an object; {_REPREPROCESS}")
     for key in ("mean", "std"):
         value = meta.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise PipelineError(f"{path}: {key!r} is {value!r}; expected a finite number; {hint}")
+            raise PipelineError(f"{path}: {key!r} is {value!r}; expected a finite number; {_REPREPROCESS}")
     if not meta["std"] > 0:
-        raise PipelineError(f"{path}: 'std' is {meta['std']!r}; expected a positive number; {hint}")
+        raise PipelineError(f"{path}: 'std' is {meta['std']!r}; expected a positive number; {_REPREPROCESS}")
     classes = meta.get("classes")
-    if not (isinstance(classes, list) and len(classes) == NUM_CLASSES and all(isinstance(c, str) for c in classes)):
-        raise PipelineError(f"{path}: 'classes' is {classes!r}; expected a list of {NUM_CLASSES} names; {hint}")
+    if not (isinstance(classes, list) and len(classes) == NUM_CLASSES
+            and all(isinstance(name, str) for name in classes)):
+        raise PipelineError(f"{path}: 'classes' is {classes!r}; expected a list of {NUM_CLASSES} names; "
+                            f"{_REPREPROCESS}")
     return meta

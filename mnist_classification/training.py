@@ -23,6 +23,7 @@ from .optimizers import Optimizer
 from .progress import ProgressBar
 from .schedules import Schedule
 
+
 class TrainingDiverged(PipelineError):
     """The loss blew up; the message names the epoch and suggests a smaller learning rate."""
 

@@ -41,6 +41,16 @@ def test_cnn_products_by_hand():
                            (2, 128, 10), (128, 2, 10), (2, 10, 128)]
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "sgd"])
+def test_loop_uses_the_chosen_optimiser(monkeypatch, optimizer):
+    real, made = bench_train.make_optimizer, []
+    monkeypatch.setattr(bench_train, "make_optimizer", lambda *args: made.append(real(*args)) or made[-1])
+    seconds, network = bench_train.time_training(bench_train.CONFIGS["mlp256"], 256, 128, optimizer)
+    assert seconds > 0 and network.count_parameters() == 784 * 256 + 256 + 256 * 10 + 10
+    assert [type(o).__name__ for o in made] == [{"adam": "Adam", "momentum": "Momentum", "sgd": "SGD"}[optimizer]]
+    assert made[0].steps == 2  # 256 samples in batches of 128: the loop updated with it
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "momentum"])
 def test_command_reports_every_figure(optimizer):
     out = subprocess.run(

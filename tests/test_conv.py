@@ -162,6 +162,20 @@ def test_maxpool_larger_windows_values_and_gradients(size):
     check_layer(MaxPool2D(size), x / 10.0)
 
 
+@pytest.mark.parametrize("make", [lambda: Conv2D(2, 3, 3), lambda: MaxPool2D(2)], ids=["conv2d", "maxpool2d"])
+def test_backward_needs_a_training_forward(make):
+    """After an inference forward there is nothing to differentiate: a clear error, not a stale gradient."""
+    layer = make()
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    grad = np.ones_like(layer.forward(x, training=True))
+    assert layer.backward(grad).shape == x.shape
+    layer.forward(x, training=False)
+    with pytest.raises(RuntimeError, match="needs a preceding forward"):
+        layer.backward(grad)
+    with pytest.raises(RuntimeError, match="needs a preceding forward"):
+        make().backward(np.ones((2, 3, 4, 4), np.float32))
+
+
 @pytest.mark.parametrize("size", [2, 3])
 def test_maxpool_ties_route_gradient_to_one_winner(size):
     layer = MaxPool2D(size)

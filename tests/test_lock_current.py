@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from mnist_classification.params import load_yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 STALE = "dvc.lock is stale; run `dvc repro` and commit dvc.lock, metrics/ and plots/"
 
@@ -49,7 +51,7 @@ def test_code_deps_match_the_lock():
 
 
 def test_params_match_the_lock():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = load_yaml((ROOT / "params.yaml").read_text(), "params.yaml")  # YAML 1.2, as DVC reads it
     for name, stage in _lock_stages().items():
         for dotted, value in stage.get("params", {}).get("params.yaml", {}).items():
             assert _lookup(params, dotted) == value, \

@@ -52,7 +52,8 @@ def test_stage_deps_cover_the_code_it_runs(name):
     stage = STAGES[name]
     script = stage["cmd"].split()[-1]
     deps = {dep if isinstance(dep, str) else next(iter(dep)) for dep in stage["deps"]}
-    missing = sorted(_closure(script) - deps)
+    runs = _closure(script)
+    missing = sorted(runs - deps)
     assert not missing, f"dvc.yaml stage {name!r} runs {missing} but does not list them in deps"
-    unused = sorted(d for d in deps if d.startswith(PACKAGE + "/") and d not in _closure(script))
+    unused = sorted(d for d in deps if d.startswith(PACKAGE + "/") and d not in runs)
     assert not unused, f"dvc.yaml stage {name!r} lists {unused} in deps but never imports them"
