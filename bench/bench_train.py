@@ -27,13 +27,13 @@ import time
 
 import numpy as np
 
-from mnist_classification.conv import Conv2D
-from mnist_classification.layers import Dense
-from mnist_classification.network import build_network
-from mnist_classification.optimizers import make_optimizer
-from mnist_classification.params import validate
-from mnist_classification.schedules import Schedule
-from mnist_classification.training import train
+from mnist_classification.infra.params import validate
+from mnist_classification.nn.conv import Conv2D
+from mnist_classification.nn.layers import Dense
+from mnist_classification.nn.network import build_network
+from mnist_classification.nn.optimizers import make_optimizer
+from mnist_classification.nn.schedules import Schedule
+from mnist_classification.nn.training import train
 
 CLASSES = [str(i) for i in range(10)]
 

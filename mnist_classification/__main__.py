@@ -5,8 +5,8 @@ Commands:
 
 Each command is a module exposing ``add_arguments(parser)`` and ``run(args)``;
 add one to :data:`COMMANDS` to extend the CLI. Errors the user can fix
-(:class:`~mnist_classification.errors.PipelineError`) print one line and exit
-with status 2 (see :func:`~mnist_classification.errors.run_cli`).
+(:class:`~mnist_classification.infra.errors.PipelineError`) print one line and exit
+with status 2 (see :func:`~mnist_classification.infra.errors.run_cli`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import importlib
 import textwrap
 from collections.abc import Sequence
 
-from .errors import run_cli
+from mnist_classification.infra.errors import run_cli
 
 PROG = "mnist-classification"
 
 #: name -> (module with add_arguments/run, one-line help, description)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": (
-        "mnist_classification.predict",
+        "mnist_classification.tools.predict",
         "classify digit images or a batch of MNIST-style images with a trained model",
         ("Classify your own digit images with a trained model (MLP or CNN). Each image (PNG or JPEG, one "
         "digit, dark on light or light on dark) is converted to an MNIST-like 28x28 input the way MNIST "

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_classification.atomic import all_or_nothing, write_csv, write_json
-from mnist_classification.errors import PipelineError, run_cli
-from mnist_classification.history import read_history
-from mnist_classification.metrics import classification_report, confusion_matrix
-from mnist_classification.network import load_network
-from mnist_classification.params import load_params
-from mnist_classification.plotting import (
+from mnist_classification.data.preprocessing import load_prepared, standardise
+from mnist_classification.infra.atomic import all_or_nothing, write_csv, write_json
+from mnist_classification.infra.errors import PipelineError, run_cli
+from mnist_classification.infra.params import load_params
+from mnist_classification.nn.network import load_network
+from mnist_classification.reports.history import read_history
+from mnist_classification.reports.metrics import classification_report, confusion_matrix
+from mnist_classification.reports.plotting import (
     plot_accuracy,
     plot_confusion_matrix,
     plot_loss_curve,
     plot_misclassified,
 )
-from mnist_classification.preprocessing import load_prepared, standardise
 
 MODEL = Path("models/model.npz")
 TEST = Path("data/prepared/test.npz")

@@ -3,10 +3,10 @@
 Set DATASET_MIRROR to a local folder or an http(s) URL prefix to try it before the public mirrors.
 """
 
-from mnist_classification.datasets import get_dataset
-from mnist_classification.download import fetch_dataset
-from mnist_classification.errors import run_cli
-from mnist_classification.params import load_params
+from mnist_classification.data.datasets import get_dataset
+from mnist_classification.data.download import fetch_dataset
+from mnist_classification.infra.errors import run_cli
+from mnist_classification.infra.params import load_params
 
 RAW_DIR = "data/raw"
 

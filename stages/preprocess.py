@@ -9,12 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_classification.atomic import all_or_nothing, save_npz, write_json
-from mnist_classification.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
-from mnist_classification.errors import PipelineError, run_cli
-from mnist_classification.idx import NUM_CLASSES, load_images_labels
-from mnist_classification.params import load_params
-from mnist_classification.preprocessing import normalisation_stats, stratified_split
+from mnist_classification.data.datasets import (
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+)
+from mnist_classification.data.idx import NUM_CLASSES, load_images_labels
+from mnist_classification.data.preprocessing import (
+    normalisation_stats,
+    stratified_split,
+)
+from mnist_classification.infra.atomic import all_or_nothing, save_npz, write_json
+from mnist_classification.infra.errors import PipelineError, run_cli
+from mnist_classification.infra.params import load_params
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/prepared")

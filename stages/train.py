@@ -6,16 +6,21 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_classification import atomic
-from mnist_classification.augment import Augmenter
-from mnist_classification.errors import run_cli
-from mnist_classification.history import write_history
-from mnist_classification.network import build_network
-from mnist_classification.optimizers import make_optimizer
-from mnist_classification.params import load_params
-from mnist_classification.preprocessing import load_meta, load_prepared, standardise, standardised_black
-from mnist_classification.schedules import Schedule
-from mnist_classification.training import train
+from mnist_classification.data.preprocessing import (
+    load_meta,
+    load_prepared,
+    standardise,
+    standardised_black,
+)
+from mnist_classification.infra import atomic
+from mnist_classification.infra.errors import run_cli
+from mnist_classification.infra.params import load_params
+from mnist_classification.nn.augment import Augmenter
+from mnist_classification.nn.network import build_network
+from mnist_classification.nn.optimizers import make_optimizer
+from mnist_classification.nn.schedules import Schedule
+from mnist_classification.nn.training import train
+from mnist_classification.reports.history import write_history
 
 PREPARED = Path("data/prepared")
 MODEL = Path("models/model.npz")

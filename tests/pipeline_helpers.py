@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mnist_classification.datasets import FILE_NAMES
-from mnist_classification.idx import encode_idx
+from mnist_classification.data.datasets import FILE_NAMES
+from mnist_classification.data.idx import encode_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "mnist_classification", "pyproject.toml", ".dvcignore")

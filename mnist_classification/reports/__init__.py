@@ -1,0 +1,2 @@
+"""Reports: evaluation metrics, plots and the training-history file.
+"""

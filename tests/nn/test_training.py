@@ -1,0 +1,86 @@
+"""The training loop: learning, early stopping with best-weight restore, divergence."""
+
+import numpy as np
+import pytest
+
+from mnist_classification.infra.params import validate
+from mnist_classification.nn.network import build_network
+from mnist_classification.nn.optimizers import make_optimizer
+from mnist_classification.nn.schedules import Schedule
+from mnist_classification.nn.training import TrainingDiverged, evaluate, train
+from mnist_classification.reports.history import read_history, write_history
+
+CLASSES = [str(i) for i in range(10)]
+
+
+def _blobs(n, seed):
+    """Ten well-separated classes of 8x8 'images': class c lights up row c % 8 plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.normal(0, 0.3, (n, 8, 8)).astype(np.float32)
+    images[np.arange(n), labels % 8, :] += 2.0
+    images[np.arange(n), :, labels // 8] += 2.0
+    return images, labels.astype(np.uint8)
+
+
+def _setup(lr=0.01, optimizer="adam", **train_overrides):
+    p = validate({"train": {"hidden": [32], "lr": lr, "optimizer": optimizer, **train_overrides}})["train"]
+    net = build_network(p, (8, 8), CLASSES, 0.0, 1.0)
+    opt = make_optimizer(p["optimizer"], p["lr"], p["momentum"], p["weight_decay"])
+    return net, opt, Schedule(p["schedule"], p["lr"], p["epochs"])
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("momentum", 0.05), ("nesterov", 0.05), ("adam", 0.01)])
+def test_learns_separable_data(optimizer, lr):
+    (x, y), (vx, vy) = _blobs(600, 0), _blobs(200, 1)
+    net, opt, schedule = _setup(lr, optimizer, epochs=5)
+    result = train(net, opt, schedule, x, y, vx, vy, epochs=5, batch_size=32, patience=0,
+                   rng=np.random.default_rng(0), progress=False)
+    assert len(result.history) == 5
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert evaluate(net, vx, vy)[1] > 0.95
+
+
+def test_history_rows_round_trip_through_the_history_file(tmp_path):
+    (x, y), (vx, vy) = _blobs(200, 0), _blobs(100, 1)
+    net, opt, schedule = _setup(epochs=2)
+    result = train(net, opt, schedule, x, y, vx, vy, epochs=2, batch_size=32, patience=0,
+                   rng=np.random.default_rng(0), progress=False)
+    write_history(tmp_path / "history.csv", result.history)
+    rows = read_history(tmp_path / "history.csv")
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for written, read in zip(result.history, rows):
+        assert set(read) == set(written)
+        for key, value in written.items():
+            assert read[key] == pytest.approx(value, rel=1e-5)
+
+
+def test_same_seed_gives_identical_weights():
+    (x, y), (vx, vy) = _blobs(300, 0), _blobs(100, 1)
+    states = []
+    for _ in range(2):
+        net, opt, schedule = _setup(dropout=0.3, epochs=2)
+        train(net, opt, schedule, x, y, vx, vy, 2, 32, 0, np.random.default_rng(5), progress=False)
+        states.append(net.state())
+    assert all(np.array_equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_early_stopping_restores_the_best_epoch():
+    (x, y), (vx, vy) = _blobs(300, 0), _blobs(100, 1)
+    vy_noise = np.random.default_rng(3).integers(0, 10, len(vy)).astype(np.uint8)  # unlearnable validation
+    net, opt, schedule = _setup(epochs=30)
+    result = train(net, opt, schedule, x, y, vx, vy_noise, 30, 32, 2, np.random.default_rng(0), progress=False)
+    assert result.stopped_early
+    assert len(result.history) == result.best_epoch + 2
+    best = result.history[result.best_epoch - 1]["val_accuracy"]
+    assert evaluate(net, vx, vy_noise)[1] == pytest.approx(best)
+    assert best == max(row["val_accuracy"] for row in result.history)
+
+
+def test_divergence_names_the_epoch_and_suggests_a_smaller_rate():
+    (x, y), (vx, vy) = _blobs(300, 0), _blobs(100, 1)
+    net, opt, schedule = _setup(lr=1e6, optimizer="sgd", schedule="constant", epochs=3)
+    with pytest.raises(TrainingDiverged) as error:
+        train(net, opt, schedule, x, y, vx, vy, 3, 32, 0, np.random.default_rng(0), progress=False)
+    message = str(error.value)
+    assert "diverged at epoch 1" in message and "smaller learning rate than train.lr=1e+06" in message

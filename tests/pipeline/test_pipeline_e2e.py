@@ -1,0 +1,85 @@
+"""End to end: `dvc repro` on a tiny synthetic dataset served through DATASET_MIRROR."""
+
+import json
+
+import pytest
+import yaml
+from pipeline_helpers import reproduced_project, run
+
+STAGES = ("fetch", "preprocess", "train", "evaluate")
+
+
+def ran(output: str) -> set[str]:
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project, _, env, first = reproduced_project(tmp_path_factory.mktemp("e2e"))
+    return project, env, first
+
+
+def test_repro_runs_every_stage_and_writes_every_output(project):
+    project, env, first = project
+    assert ran(first.stdout) == set(STAGES)
+    for path in ["data/raw/train-images-idx3-ubyte.gz", "data/raw/dataset.json", "data/prepared/train.npz",
+                 "data/prepared/meta.json", "models/model.npz", "plots/history.csv", "plots/confusion.csv",
+                 "plots/loss_curve.png", "plots/accuracy_plot.png", "plots/confusion_matrix.png",
+                 "plots/misclassified.png", "metrics/train.json", "metrics/eval.json", "dvc.lock"]:
+        assert (project / path).is_file(), path
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    assert evaluation["accuracy"] > 0.5  # the synthetic classes are easy
+    assert {"loss", "macro_precision", "macro_recall", "macro_f1", "per_class"} <= set(evaluation)
+    history = (project / "plots/history.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr"
+    assert len(history) == 1 + 3
+    confusion = (project / "plots/confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 100
+
+
+def test_second_repro_reruns_nothing(project):
+    project, env, _ = project
+    again = run(["dvc", "repro"], project, env)
+    assert ran(again.stdout) == set()
+
+
+def test_metrics_show_reads_both_metric_files(project):
+    project, env, _ = project
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project, env).stdout)
+    data = next(iter(shown.values()))["data"]
+    assert "metrics/eval.json" in data and "metrics/train.json" in data
+
+
+def test_forced_repro_is_byte_identical_but_for_the_timings(project):
+    project, env, _ = project
+    before = yaml.safe_load((project / "dvc.lock").read_text())
+    run(["dvc", "repro", "-f"], project, env)
+    after = yaml.safe_load((project / "dvc.lock").read_text())
+
+    def hashes(lock):
+        return {(stage, out["path"]): out["md5"] for stage, spec in lock["stages"].items()
+                for out in spec.get("outs", [])}
+
+    old, new = hashes(before), hashes(after)
+    changed = {path for (stage, path), md5 in old.items() if new[(stage, path)] != md5}
+    assert changed == {"metrics/train.json"}
+
+
+def test_changing_lr_reruns_only_train_and_evaluate(project):
+    project, env, _ = project
+    # DVC writes 0.00005 as 5e-05, which PyYAML's default loader reads as a string.
+    result = run(["dvc", "exp", "run", "-S", "train.lr=0.00005"], project, env)
+    assert ran(result.stdout) == {"train", "evaluate"}
+    assert "lr: 5e-05" in (project / "params.yaml").read_text()
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project, env).stdout)
+    recorded = [experiment["revs"][0]["data"] for row in shown for experiment in row.get("experiments") or []]
+    assert [data["params"]["params.yaml"]["data"]["train"]["lr"] for data in recorded] == [5e-05]
+    assert 0 < recorded[0]["metrics"]["metrics/eval.json"]["data"]["accuracy"] <= 1
+
+
+def test_changing_val_fraction_does_not_refetch(project):
+    project, env, _ = project
+    params = (project / "params.yaml").read_text().replace("val_fraction: 0.1", "val_fraction: 0.2")
+    (project / "params.yaml").write_text(params)
+    result = run(["dvc", "repro"], project, env)
+    assert ran(result.stdout) == {"preprocess", "train", "evaluate"}
