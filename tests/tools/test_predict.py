@@ -85,7 +85,7 @@ def model_path(tmp_path_factory) -> Path:
         pytest.skip(f"MNIST not found in {MNIST}")
     path = tmp_path_factory.mktemp("model") / "model.npz"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     code = "import sys, test_predict; test_predict.train_fixture_model(sys.argv[1])"
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
                             timeout=600, check=False)
