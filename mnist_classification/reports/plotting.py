@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mnist_classification.infra.atomic import atomic_open
+from mnist_classification.reports.calibration import Reliability
 
 DPI = 100
 
@@ -122,6 +123,35 @@ def plot_confusion_matrix(matrix, class_names: Sequence[str], path: str | os.Pat
     correct = int(np.trace(matrix))
     accuracy = f"{correct / total:.2%}" if total else "n/a"
     axes.set_title(f"Confusion matrix: {correct} of {total} correct ({accuracy})")
+    _save(figure, path)
+
+
+# --------------------------------------------------------------------------- calibration
+
+def plot_reliability(bins: Reliability, path: str | os.PathLike, title: str = "Reliability diagram") -> None:
+    """Accuracy against mean confidence per confidence bin, the diagonal a calibrated model follows,
+    and the share of images in each bin; the title gives the expected calibration error."""
+    centres = (bins.edges[:-1] + bins.edges[1:]) / 2
+    width = float(bins.edges[1] - bins.edges[0])
+    filled = bins.count > 0
+    figure = _new_figure(5.0, 5.5)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="calibrated")
+    top.bar(centres[filled], bins.accuracy[filled], width=width * 0.9, color=_TRAIN_COLOUR, alpha=0.7,
+            label="accuracy in bin")
+    top.plot(bins.confidence[filled], bins.accuracy[filled], "o", color=_VAL_COLOUR, markersize=4,
+             label="(mean confidence, accuracy)")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.set_title(f"{title}: ECE {bins.expected_calibration_error:.4f}")
+    top.grid(True, alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    total = max(int(bins.count.sum()), 1)
+    bottom.bar(centres, bins.count / total, width=width * 0.9, color="grey")
+    bottom.set_yscale("symlog", linthresh=0.01)
+    bottom.set_ylabel("share of images")
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_xlim(0, 1)
     _save(figure, path)
 
 

@@ -8,6 +8,7 @@ import pytest
 from matplotlib.image import imread
 
 from mnist_classification.infra.errors import PipelineError
+from mnist_classification.reports.calibration import reliability
 from mnist_classification.reports.history import read_history
 from mnist_classification.reports.plotting import (
     most_confident_errors,
@@ -15,6 +16,7 @@ from mnist_classification.reports.plotting import (
     plot_confusion_matrix,
     plot_loss_curve,
     plot_misclassified,
+    plot_reliability,
 )
 
 HEADER = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr\n"
@@ -93,6 +95,16 @@ def test_confusion_matrix_all_zero_and_wrong_shape(tmp_path):
     write_twice(tmp_path, lambda path: plot_confusion_matrix(np.zeros((3, 3), int), ["a", "b", "c"], path))
     with pytest.raises(ValueError):
         plot_confusion_matrix(np.zeros((3, 3), int), ["a", "b"], tmp_path / "x.png")
+
+
+def test_reliability_diagram(tmp_path, predictions):
+    _, actual, _, probs = predictions
+    write_twice(tmp_path, lambda path: plot_reliability(reliability(probs, actual), path))
+
+
+def test_reliability_diagram_with_no_images(tmp_path):
+    empty = reliability(np.zeros((0, 10)), np.zeros(0, np.int64))
+    write_twice(tmp_path, lambda path: plot_reliability(empty, path))
 
 
 def test_misclassified_gallery(tmp_path, predictions):
