@@ -41,7 +41,12 @@ EPILOG = {
         "  python -m mnist_classification predict --show --json a.png b.png\n"
         "  python -m mnist_classification predict --model models/model.npz digits.npy --output preds.csv\n"
         "\n"
-        "exit status: 0 on success, 2 on bad input (one-line message naming the file)"
+        "Every input gets its own result, in order; an input that cannot be read or holds no digit\n"
+        "gets an error (on stderr, or an {\"file\", \"error\"} entry with --json) and the rest are\n"
+        "still classified.\n"
+        "\n"
+        "exit status: 0 all inputs classified, 1 some inputs not classified (each named with the\n"
+        "reason), 2 usage or model error (one-line message)"
     ),
 }
 
