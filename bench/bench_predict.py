@@ -271,7 +271,8 @@ def table(rows: list[dict]) -> str:
                      f"{100 * (row['predict'] - row['model']):+.1f} | {row['refused']} of {row['digits']} |")
     overall = np.mean([row["predict"] for row in rows])
     lines.append(f"| **all renderings** | **{overall:.1%}** | {rows[0]['model']:.1%} | "
-                 f"{100 * (overall - rows[0]['model']):+.1f} | {sum(r['refused'] for r in rows)} |")
+                 f"{100 * (overall - rows[0]['model']):+.1f} | {sum(r['refused'] for r in rows)} of "
+                 f"{sum(r['digits'] for r in rows)} |")
     return "\n".join(lines)
 
 

@@ -215,7 +215,8 @@ def ink_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     if peak < MIN_CONTRAST:
         raise PipelineError(_NO_INK.format(detail=f" (contrast {max(peak, 0):.3f} < {MIN_CONTRAST})"))
     if peak < 1.5 * NOISE_SIGMAS * sigma:
-        raise PipelineError(_NO_INK.format(detail=f" (nothing stands out from the noise, sigma {sigma:.3f})"))
+        raise PipelineError(_NO_INK.format(detail=f" (nothing stands out from the noise, sigma {sigma:.3f}; "
+                                                  "if the digit fills the whole image, leave a margin around it)"))
     threshold = max(otsu_threshold(flat, 0.0, peak), NOISE_SIGMAS * sigma)
     mask = ink > threshold
     if mask.sum() >= 50:

@@ -306,7 +306,7 @@ def classify(network: Network, images_u8: np.ndarray, model: str | Path = "the m
         probabilities = network.predict_proba(standardise(images_u8, network.mean, network.std))
     if not np.all(np.isfinite(probabilities)):
         raise ModelError(f"model file {model} gives NaN or infinite probabilities (its weights overflow); "
-                            "retrain it with a smaller train.lr")
+                         "retrain it with a smaller train.lr")
     return probabilities
 
 
