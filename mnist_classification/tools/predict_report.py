@@ -9,8 +9,9 @@ Each input becomes one entry (a dict), in the order the inputs were given:
 
 :class:`TextReport` prints a line per result on stdout and a line per error on
 stderr; :class:`JsonReport` streams ``{"model": ..., "inputs": [entries...],
-"classified": n, "errors": m}`` to stdout. Neither keeps the entries, so the
-memory used does not grow with the number of inputs.
+"classified": n, "errors": m}`` to stdout, starting with the first entry (a run
+stopped by a model error before any prints nothing). Neither keeps the entries,
+so the memory used does not grow with the number of inputs.
 """
 
 from __future__ import annotations
@@ -110,14 +111,13 @@ class JsonReport(Report):
 
     def __init__(self, model: Path, out: TextIO | None = None, err: TextIO | None = None) -> None:
         super().__init__(out, err)
-        self.out.write('{"model": ' + json.dumps(str(model)) + ', "inputs": [')
+        self.head = '{"model": ' + json.dumps(str(model)) + ', "inputs": ['  # written with the first entry
 
     def _write(self, entry: dict) -> None:
-        separator = "\n  " if self.classified + self.errors == 1 else ",\n  "
-        self.out.write(separator + json.dumps(entry))
+        self.out.write((self.head + "\n  " if self.classified + self.errors == 1 else ",\n  ") + json.dumps(entry))
         self.out.flush()
 
     def close(self) -> None:
-        self.out.write(("\n" if self.classified + self.errors else "")
-                       + f'], "classified": {self.classified}, "errors": {self.errors}}}\n')
+        start = "\n" if self.classified + self.errors else self.head
+        self.out.write(start + f'], "classified": {self.classified}, "errors": {self.errors}}}\n')
         self.out.flush()

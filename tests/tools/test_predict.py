@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import io
 import itertools
 import json
 import os
@@ -39,6 +40,12 @@ from mnist_classification.nn.optimizers import make_optimizer
 from mnist_classification.nn.schedules import Schedule
 from mnist_classification.nn.training import train
 from mnist_classification.tools import predict
+from mnist_classification.tools.predict_report import (
+    JsonReport,
+    Prediction,
+    error_entry,
+    image_entry,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import bench_predict
@@ -205,6 +212,22 @@ def test_top_predictions_order_and_ties():
     assert first.predicted == "b" and [c for c, _ in first.top] == ["b", "c", "a"]
     assert second.predicted == "a" and [c for c, _ in second.top] == ["a", "b", "c"]
     assert first.probability == pytest.approx(0.6)
+
+
+def test_json_report_streams_one_valid_document():
+    """Entries are written as they come (nothing before the first) and the document parses for 0, 1 or 3."""
+    for count in (0, 1, 3):
+        out = io.StringIO()
+        report = JsonReport(Path("m.npz"), out=out)
+        assert out.getvalue() == ""
+        for i in range(count):
+            report.add(error_entry(Path(f"x{i}.png"), f"x{i}.png: bad") if i % 2 else
+                       image_entry(Path(f"x{i}.png"), Prediction("7", 0.9, [("7", 0.9), ("1", 0.1)]), None))
+            assert json.loads(out.getvalue().split("\n")[-1])["file"] == f"x{i}.png"
+        report.close()
+        doc = json.loads(out.getvalue())
+        assert doc["model"] == "m.npz" and len(doc["inputs"]) == count
+        assert (doc["classified"], doc["errors"]) == ((count + 1) // 2, count // 2)
 
 
 def test_encode_png_round_trips_through_a_decoder(tmp_path):
