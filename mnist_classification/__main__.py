@@ -3,8 +3,9 @@
 Commands:
   predict   classify digit images (PNG/JPEG) or a batch (.npy / IDX) with a trained model
 
-Each command is a module exposing ``add_arguments(parser)`` and ``run(args)``;
-add one to :data:`COMMANDS` to extend the CLI. Errors the user can fix
+Each command is a module exposing ``add_arguments(parser)`` and ``run(args)``
+(which may return an exit status, as ``predict`` returns 1 when some inputs
+were not classified); add one to :data:`COMMANDS` to extend the CLI. Errors the user can fix
 (:class:`~mnist_classification.infra.errors.PipelineError`) print one line and exit
 with status 2 (see :func:`~mnist_classification.infra.errors.run_cli`).
 """
@@ -66,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse ``argv`` (default: sys.argv[1:]) and run the command; exits with its status."""
     args = build_parser().parse_args(argv)
-    run_cli(lambda: args.run(args), f"{PROG} {args.command}")
+    run_cli(lambda: _exit_on_status(args.run(args)), f"{PROG} {args.command}")
+
+
+def _exit_on_status(status: int | None) -> None:
+    """A command's ``run`` returns None or its exit status; a non-zero status ends the process with it."""
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ INTERRUPTED = ("interrupted; files it had not finished writing were discarded "
 
 
 def run_cli(main: Callable[[], object], name: str, memory_hint: str = "") -> None:
-    """Run ``main`` and exit: 0 on success (or the int ``main`` returns), 2 on PipelineError or MemoryError,
-    130 on Ctrl-C/SIGTERM.
+    """Run ``main`` and exit: 0 on success, 2 on PipelineError or MemoryError, 130 on Ctrl-C/SIGTERM.
 
     SIGTERM is turned into KeyboardInterrupt so that ``finally`` blocks and
     atomic writers clean up their temporary files before the process ends.
@@ -33,7 +32,7 @@ def run_cli(main: Callable[[], object], name: str, memory_hint: str = "") -> Non
     """
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        status = main()
+        main()
     except PipelineError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -44,4 +43,4 @@ def run_cli(main: Callable[[], object], name: str, memory_hint: str = "") -> Non
     except KeyboardInterrupt:
         print(f"\n{name}: {INTERRUPTED}", file=sys.stderr)
         sys.exit(130)
-    sys.exit(status if isinstance(status, int) else 0)
+    sys.exit(0)
