@@ -530,11 +530,35 @@ def test_cli_usage_errors(model_path, drawn, tmp_path):
 SMALL_RUN = 30
 
 
-def _peak_memory(model: Path, paths: list[Path]) -> int:
-    """Peak traced memory (bytes) of an in-process ``predict --json`` run on ``paths``, output discarded."""
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    """An untrained 784-16-10 MLP: quick, for tests of the command's plumbing rather than its accuracy."""
+    train_params = validate({"train": {"model": "mlp", "hidden": [16]}})["train"]
+    path = tmp_path_factory.mktemp("small") / "mlp.npz"
+    build_network(train_params, (28, 28), [str(d) for d in range(10)], mean=0.2, std=0.35).save(path)
+    return path
+
+
+def _zeros(folder: Path, count: int) -> list[Path]:
+    """``count`` small PNGs of a dark zero on light grey, shifted a little from one to the next."""
+    yy, xx = np.mgrid[0:40, 0:32]
+    zero = np.abs(np.hypot((yy - 20) / 15, (xx - 16) / 10) - 1) < 0.25
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"digit{i:04d}.png")
+        paths[-1].write_bytes(predict.encode_png(np.where(np.roll(zero, i % 5, axis=1), 20, 235).astype(np.uint8)))
+    return paths
+
+
+def _args(*argv: str | Path) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     predict.add_arguments(parser)
-    args = parser.parse_args(["--json", "--model", str(model), *map(str, paths)])
+    return parser.parse_args([str(arg) for arg in argv])
+
+
+def _peak_memory(model: Path, paths: list[Path]) -> int:
+    """Peak traced memory (bytes) of an in-process ``predict --json`` run on ``paths``, output discarded."""
+    args = _args("--json", "--model", model, *paths)
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         tracemalloc.start()
         try:
@@ -544,22 +568,37 @@ def _peak_memory(model: Path, paths: list[Path]) -> int:
             tracemalloc.stop()
 
 
-def test_many_inputs_are_processed_in_bounded_memory(tmp_path, monkeypatch):
+def test_many_inputs_are_processed_in_bounded_memory(small_model, tmp_path, monkeypatch):
     """Ten times the files, read and classified in chunks of 16: the peak grows by under 1000 bytes per extra
     file - the bookkeeping of its name (about 500) - where classifying all files together costs 6600 (its
     28x28 image, the float32 copy given to the model, the activations, the result)."""
-    train_params = validate({"train": {"model": "mlp", "hidden": [16]}})["train"]
-    model = tmp_path / "mlp.npz"
-    build_network(train_params, (28, 28), [str(d) for d in range(10)], mean=0.2, std=0.35).save(model)
-    yy, xx = np.mgrid[0:40, 0:32]
-    zero = np.abs(np.hypot((yy - 20) / 15, (xx - 16) / 10) - 1) < 0.25
-    paths = []
-    for i in range(SMALL_RUN * 10):
-        paths.append(tmp_path / f"digit{i:04d}.png")
-        paths[-1].write_bytes(predict.encode_png(np.where(np.roll(zero, i % 5, axis=1), 20, 235).astype(np.uint8)))
+    paths = _zeros(tmp_path, SMALL_RUN * 10)
     monkeypatch.setattr(predict, "CHUNK", 16)
-    few, many = _peak_memory(model, paths[:SMALL_RUN]), _peak_memory(model, paths)
+    few, many = _peak_memory(small_model, paths[:SMALL_RUN]), _peak_memory(small_model, paths)
     assert (many - few) / (9 * SMALL_RUN) < 1000, (few, many)
+
+
+def test_chunks_do_not_change_the_results(small_model, tmp_path, monkeypatch):
+    """Images in chunks of 2 (with a failing input inside a chunk) and a batch file in chunks of 7 give the
+    same entries, in the same order, and the same CSV as one chunk each."""
+    paths = _zeros(tmp_path, 5)
+    inputs = [paths[0], tmp_path / "missing.png", *paths[1:3], tmp_path / "batch.npy", *paths[3:]]
+    np.save(tmp_path / "batch.npy", np.random.default_rng(0).integers(0, 256, (30, 28, 28)).astype(np.uint8))
+    outputs = []
+    for chunk, batch_chunk in ((2, 7), (256, 4096)):
+        monkeypatch.setattr(predict, "CHUNK", chunk)
+        monkeypatch.setattr(predict, "BATCH_CHUNK", batch_chunk)
+        csv_path = tmp_path / f"p{chunk}.csv"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert predict.run(_args("--json", "--model", small_model, "--output", csv_path, *inputs)) == 1
+        doc = json.loads(out.getvalue())
+        assert [entry["file"] for entry in doc["inputs"]] == [str(path) for path in inputs]
+        doc["inputs"][4].pop("output")
+        lines = csv_path.read_text().splitlines()
+        assert len(lines) == 31 and [int(line.split(",")[0]) for line in lines[1:]] == list(range(30))
+        outputs.append((doc, lines))
+    assert outputs[0] == outputs[1]
 
 
 # --------------------------------------------------------------------------- digits as users' images
