@@ -3,8 +3,9 @@
 Commands:
   predict   classify digit images (PNG/JPEG) or a batch (.npy / IDX) with a trained model
 
-Each command is a module exposing ``add_arguments(parser)`` and ``run(args)``;
-add one to :data:`COMMANDS` to extend the CLI. Errors the user can fix
+Each command is a module exposing ``add_arguments(parser)`` and ``run(args)``
+(which may return an exit status, as ``predict`` returns 1 when some inputs
+were not classified); add one to :data:`COMMANDS` to extend the CLI. Errors the user can fix
 (:class:`~mnist_classification.infra.errors.PipelineError`) print one line and exit
 with status 2 (see :func:`~mnist_classification.infra.errors.run_cli`).
 """
@@ -41,7 +42,12 @@ EPILOG = {
         "  python -m mnist_classification predict --show --json a.png b.png\n"
         "  python -m mnist_classification predict --model models/model.npz digits.npy --output preds.csv\n"
         "\n"
-        "exit status: 0 on success, 2 on bad input (one-line message naming the file)"
+        "Every input gets its own result, in order; an input that cannot be read or holds no digit\n"
+        "gets an error (on stderr, or an {\"file\", \"error\"} entry with --json) and the rest are\n"
+        "still classified.\n"
+        "\n"
+        "exit status: 0 all inputs classified, 1 some inputs not classified (each named with the\n"
+        "reason), 2 usage or model error (one-line message)"
     ),
 }
 
@@ -61,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse ``argv`` (default: sys.argv[1:]) and run the command; exits with its status."""
     args = build_parser().parse_args(argv)
-    run_cli(lambda: args.run(args), f"{PROG} {args.command}")
+    run_cli(lambda: _exit_on_status(args.run(args)), f"{PROG} {args.command}")
+
+
+def _exit_on_status(status: int | None) -> None:
+    """A command's ``run`` returns None or its exit status; a non-zero status ends the process with it."""
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

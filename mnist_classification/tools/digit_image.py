@@ -12,8 +12,10 @@ steps below do the same to an ordinary image, each as its own function:
    to the image border, so an uneven light is tolerated), invert dark-on-light
    images and subtract the background: ink comes out positive, background ~0.
 3. :func:`crop_to_ink` - threshold (Otsu, never below 4 noise sigmas, so noise
-   and JPEG artefacts are ignored), drop isolated specks, crop to the ink's
-   bounding box and stretch the contrast so stroke cores are 1, background 0.
+   and JPEG artefacts are ignored; the noise is measured on the background's
+   side only, :func:`noise_sigma`, so a digit filling its image is still ink),
+   drop isolated specks, crop to the ink's bounding box and stretch the
+   contrast so stroke cores are 1, background 0.
 4. :func:`fit_in_box` - area-average (or bilinear, when enlarging) resampling so
    the longer side is 20 pixels and the aspect ratio is kept.
 5. :func:`center_by_mass` - paste into 28x28 with the centre of mass at the centre.
@@ -94,12 +96,20 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(gray, dtype=np.float32)
 
 
-def _robust_sigma(values: np.ndarray) -> float:
-    """Noise standard deviation from the median absolute deviation (ignores a minority of outliers)."""
-    values = values.ravel()
+def noise_sigma(residual: np.ndarray) -> float:
+    """Noise standard deviation of a background-subtracted image (background ~0), however much of it is ink.
+
+    Ink lies on one side of the background and noise on both, so each side
+    gives an estimate - the median distance of its pixels from 0, over 0.6745
+    (the median of a half-normal distribution) - and the smaller is the noise's.
+    A median absolute deviation over all pixels would measure the ink's contrast
+    instead once ink fills a large part of the image, as in a tightly cropped digit.
+    """
+    values = np.asarray(residual).ravel()
     if values.size > 1_000_000:  # a strided sample is plenty for a robust statistic
         values = values[:: values.size // 1_000_000]
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+    sides = [side for side in (-values[values <= 0], values[values >= 0]) if side.size]
+    return min(float(np.median(side)) for side in sides) / 0.6745
 
 
 def estimate_background(gray: np.ndarray) -> np.ndarray:
@@ -126,7 +136,7 @@ def estimate_background(gray: np.ndarray) -> np.ndarray:
     if min(h, w) >= 3:
         for _ in range(3):
             residual = values - design @ coef
-            tolerance = max(3.0 * _robust_sigma(residual), 0.05)
+            tolerance = max(3.0 * noise_sigma(residual), 0.05)
             inliers = np.abs(residual) <= tolerance
             if inliers.sum() < 10:
                 break
@@ -144,7 +154,7 @@ def is_dark_on_light(gray: np.ndarray, background: np.ndarray | None = None) -> 
     """
     gray = np.asarray(gray, dtype=np.float32)
     residual = gray - (estimate_background(gray) if background is None else background)
-    noise = 3.0 * _robust_sigma(residual)
+    noise = 3.0 * noise_sigma(residual)
     above = float(np.clip(residual - noise, 0, None).sum())
     below = float(np.clip(-residual - noise, 0, None).sum())
     return below > above
@@ -192,18 +202,21 @@ def ink_mask(ink: np.ndarray) -> tuple[np.ndarray, float, float]:
     The threshold is Otsu's between 0 and the ink peak, but at least 4 noise
     sigmas; pixels with fewer than 3 ink pixels in their 3x3 neighbourhood
     (isolated specks of noise or dust) are dropped. Raises PipelineError "no
-    ink" when nothing stands out from the background.
+    ink" when nothing stands out from the background: the brightest pixels
+    (the peak) are under 6 noise sigmas (:func:`noise_sigma`) or under
+    ``MIN_CONTRAST``, as in a blank, uniform or pure-noise image.
     """
     ink = np.asarray(ink, dtype=np.float32)
     flat = ink.ravel()
-    sigma = _robust_sigma(flat)
+    sigma = noise_sigma(flat)
     # The "peak" ignores the brightest few pixels, so a few hot pixels are not a digit.
     k = max(3, flat.size // 5000)
     peak = float(np.partition(flat, flat.size - k)[flat.size - k]) if flat.size > k else float(flat.max())
     if peak < MIN_CONTRAST:
         raise PipelineError(_NO_INK.format(detail=f" (contrast {max(peak, 0):.3f} < {MIN_CONTRAST})"))
     if peak < 1.5 * NOISE_SIGMAS * sigma:
-        raise PipelineError(_NO_INK.format(detail=f" (nothing stands out from the noise, sigma {sigma:.3f})"))
+        raise PipelineError(_NO_INK.format(detail=f" (nothing stands out from the noise, sigma {sigma:.3f}; "
+                                                  "if the digit fills the whole image, leave a margin around it)"))
     threshold = max(otsu_threshold(flat, 0.0, peak), NOISE_SIGMAS * sigma)
     mask = ink > threshold
     if mask.sum() >= 50:

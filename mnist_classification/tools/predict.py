@@ -24,19 +24,24 @@ Inputs, recognised by their name (and checked by their content):
 Every image, whatever its source, is standardised with the model's own mean
 and standard deviation (:func:`mnist_classification.data.preprocessing.standardise`)
 and classified with :meth:`Network.predict_proba`, so MLP and CNN models work
-alike. Problems with an input or the model raise :class:`PipelineError` naming
-the file.
+alike.
+
+Every input gets an entry (:mod:`mnist_classification.tools.predict_report`),
+in order, as soon as its chunk (``CHUNK`` images) is classified: its result, or
+the error (naming the file) that kept it from being read or classified, and
+the other inputs go on. :func:`run` returns 0 when all inputs were classified
+and 1 otherwise; usage and model problems raise :class:`PipelineError` (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import csv
+import io
 import struct
-import sys
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +52,25 @@ from mnist_classification.infra import atomic
 from mnist_classification.infra.errors import PipelineError
 from mnist_classification.nn.network import Network, load_network
 from mnist_classification.tools.digit_image import SIZE, prepare_digit
+from mnist_classification.tools.predict_report import (
+    JsonReport,
+    Prediction,
+    TextReport,
+    batch_entry,
+    csv_row,
+    error_entry,
+    image_entry,
+)
 
 DEFAULT_MODEL = Path("models/model.npz")
 DEFAULT_OUTPUT = Path("predictions.csv")
 CSV_COLUMNS = ("index", "predicted", "probability", "top3")
 TOP_K = 3
+#: Images read, prepared and classified together: memory stays bounded however many files are given.
+CHUNK = 256
+#: Images of a .npy/IDX batch classified at a time.
+BATCH_CHUNK = 4096
+BATCH_KINDS = ("npy", "idx")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 #: Refuse decoded images above this many pixels (Pillow's decompression-bomb guard).
 MAX_IMAGE_PIXELS = 100_000_000
@@ -63,27 +82,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _EXPECTED_BATCH = "expected uint8 (N, 28, 28) MNIST-style images"
 
 
-@dataclass
-class Prediction:
-    """One classified image: its class, probability and the top ``TOP_K`` (class, probability) pairs."""
-
-    predicted: str
-    probability: float
-    top: list[tuple[str, float]]
-
-
-@dataclass
-class ImageResult:
-    path: Path
-    prediction: Prediction
-    preprocessed: Path | None = None
-
-
-@dataclass
-class BatchResult:
-    path: Path
-    output: Path
-    predictions: list[Prediction] = field(default_factory=list)
+class ModelError(PipelineError):
+    """The model, not an input, is at fault: the whole run stops."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -305,8 +305,8 @@ def classify(network: Network, images_u8: np.ndarray, model: str | Path = "the m
     with np.errstate(over="ignore", invalid="ignore"):
         probabilities = network.predict_proba(standardise(images_u8, network.mean, network.std))
     if not np.all(np.isfinite(probabilities)):
-        raise PipelineError(f"model file {model} gives NaN or infinite probabilities (its weights overflow); "
-                            "retrain it with a smaller train.lr")
+        raise ModelError(f"model file {model} gives NaN or infinite probabilities (its weights overflow); "
+                         "retrain it with a smaller train.lr")
     return probabilities
 
 
@@ -346,54 +346,6 @@ def preview_paths(paths: list[Path]) -> list[Path]:
             for path, candidate in zip(paths, candidates)]
 
 
-def _percent(p: float) -> str:
-    return f"{100 * p:.1f}%"
-
-
-def format_text(images: list[ImageResult], batch: BatchResult | None) -> str:
-    lines = []
-    for result in images:
-        pred = result.prediction
-        top = ", ".join(f"{name} {_percent(p)}" for name, p in pred.top)
-        line = f"{result.path}: {pred.predicted} ({_percent(pred.probability)})  top {len(pred.top)}: {top}"
-        if result.preprocessed is not None:
-            line += f"  [model input: {result.preprocessed}]"
-        lines.append(line)
-    if batch is not None:
-        counts: dict[str, int] = {}
-        for pred in batch.predictions:
-            counts[pred.predicted] = counts.get(pred.predicted, 0) + 1
-        histogram = " ".join(f"{name}:{counts[name]}" for name in sorted(counts))
-        lines.append(f"{batch.path}: {len(batch.predictions)} images -> {batch.output} "
-                     f"(predicted counts {histogram})")
-    return "\n".join(lines)
-
-
-def _prediction_json(pred: Prediction) -> dict:
-    return {"predicted": pred.predicted, "probability": round(pred.probability, 6),
-            "top3": [{"class": name, "probability": round(p, 6)} for name, p in pred.top]}
-
-
-def format_json(model: Path, images: list[ImageResult], batch: BatchResult | None) -> str:
-    """One JSON object: model path, one entry per image, and the batch summary (or null)."""
-    doc = {
-        "model": str(model),
-        "images": [{"file": str(r.path), **_prediction_json(r.prediction),
-                    "preprocessed": None if r.preprocessed is None else str(r.preprocessed)}
-                   for r in images],
-        "batch": None if batch is None else {"file": str(batch.path), "output": str(batch.output),
-                                             "count": len(batch.predictions)},
-    }
-    return json.dumps(doc, indent=2)
-
-
-def csv_rows(predictions: list[Prediction]) -> list[tuple]:
-    """Rows (index, predicted, probability, top3) with top3 as ``class:prob`` pairs separated by spaces."""
-    return [(index, pred.predicted, f"{pred.probability:.6f}",
-             " ".join(f"{name}:{p:.6f}" for name, p in pred.top))
-            for index, pred in enumerate(predictions)]
-
-
 # --------------------------------------------------------------------------- command
 
 
@@ -416,36 +368,106 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(CSV_COLUMNS)}")
 
 
-def run(args: argparse.Namespace) -> None:
-    """Classify ``args.inputs`` with ``args.model``; print results; write previews and the batch CSV."""
-    kinds = [(path, input_kind(path)) for path in args.inputs]
-    image_paths = [path for path, kind in kinds if kind == "image"]
-    batch_paths = [path for path, kind in kinds if kind != "image"]
+def _kind(path: Path) -> tuple[str | None, str | None]:
+    """(kind, None) for a readable input (see :func:`input_kind`), (None, message) for one that is not."""
+    try:
+        return input_kind(path), None
+    except PipelineError as exc:
+        return None, str(exc)
+
+
+def predict_images(network: Network, items: list[tuple[Path, str | None]], previews: dict[Path, Path],
+                   stroke: bool, model: Path) -> list[dict]:
+    """Entries for image inputs ``(path, error or None)``, classified together; unreadable ones get an error."""
+    entries: list[dict | None] = []
+    prepared: list[tuple[int, Path, np.ndarray]] = []
+    for path, error in items:
+        if error is None:
+            try:
+                prepared.append((len(entries), path, prepare_image(path, stroke=stroke)))
+            except PipelineError as exc:
+                error = str(exc)
+        entries.append(None if error is None else error_entry(path, error))
+    if prepared:
+        pixels = np.stack([image for _, _, image in prepared])
+        predictions = top_predictions(classify(network, pixels, model), network.classes)
+        for (slot, path, image), pred in zip(prepared, predictions):
+            preview = previews.get(path)
+            try:
+                if preview is not None:
+                    atomic.write_bytes(preview, encode_png(image))
+                entries[slot] = image_entry(path, pred, preview)
+            except PipelineError as exc:
+                entries[slot] = error_entry(path, str(exc))
+    return entries
+
+
+def predict_batch(network: Network, path: Path, output: Path, model: Path) -> dict:
+    """Classify a .npy/IDX batch in chunks of ``BATCH_CHUNK``, streaming the CSV to ``output``; its entry."""
+    try:
+        images = load_batch(path)
+        counts: dict[str, int] = {}
+        with atomic.atomic_open(output) as handle:
+            text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(CSV_COLUMNS)
+            for start in range(0, len(images), BATCH_CHUNK):
+                predictions = top_predictions(classify(network, images[start:start + BATCH_CHUNK], model),
+                                              network.classes)
+                for index, pred in enumerate(predictions, start):
+                    counts[pred.predicted] = counts.get(pred.predicted, 0) + 1
+                    writer.writerow(csv_row(index, pred))
+            text.flush()
+            text.detach()
+    except ModelError:
+        raise
+    except PipelineError as exc:
+        return error_entry(path, str(exc))
+    return batch_entry(path, output, counts)
+
+
+def _groups(items: list[tuple[Path, str | None, str | None]]) -> Iterator[list[tuple[Path, str | None, str | None]]]:
+    """The inputs in order: runs of at most ``CHUNK`` images (or unreadable inputs), and each batch file alone."""
+    group: list[tuple[Path, str | None, str | None]] = []
+    for item in items:
+        if item[1] in BATCH_KINDS:
+            if group:
+                yield group
+                group = []
+            yield [item]
+        else:
+            group.append(item)
+            if len(group) == CHUNK:
+                yield group
+                group = []
+    if group:
+        yield group
+
+
+def run(args: argparse.Namespace) -> int:
+    """Classify ``args.inputs`` with ``args.model``, printing an entry per input as it goes (see
+    :mod:`predict_report`); write previews and the batch CSV. Returns the exit status: 0 when every
+    input was classified, 1 when some were not (each has an error entry); usage and model errors raise."""
+    items = [(path, *_kind(path)) for path in args.inputs]
+    batch_paths = [path for path, kind, _ in items if kind in BATCH_KINDS]
     if len(batch_paths) > 1:
         raise PipelineError(f"{len(batch_paths)} batch files given ({', '.join(map(str, batch_paths))}); "
                             "expected at most one .npy/IDX file per run (each writes its own CSV)")
     if args.output is not None and not batch_paths:
         raise PipelineError("--output is for batch input (.npy or IDX files); images are printed instead")
     network = load_model(args.model)
-
-    # Read and check every input before writing anything.
-    prepared = [prepare_image(path, stroke=not args.keep_stroke_width) for path in image_paths]
-    batch_images = load_batch(batch_paths[0]) if batch_paths else None
-
-    images: list[ImageResult] = []
-    if prepared:
-        stacked = np.stack(prepared)
-        predictions = top_predictions(classify(network, stacked, args.model), network.classes)
-        previews = preview_paths(image_paths) if args.show else [None] * len(image_paths)
-        for path, pred, preview, pixels in zip(image_paths, predictions, previews, prepared):
-            if preview is not None:
-                atomic.write_bytes(preview, encode_png(pixels))
-            images.append(ImageResult(path, pred, preview))
-    batch = None
-    if batch_images is not None:
-        output = args.output if args.output is not None else DEFAULT_OUTPUT
-        predictions = top_predictions(classify(network, batch_images, args.model), network.classes)
-        atomic.write_csv(output, CSV_COLUMNS, csv_rows(predictions))
-        batch = BatchResult(batch_paths[0], output, predictions)
-    text = format_json(args.model, images, batch) if args.json else format_text(images, batch)
-    sys.stdout.write(text + "\n")
+    image_paths = [path for path, kind, _ in items if kind == "image"]
+    previews = dict(zip(image_paths, preview_paths(image_paths))) if args.show else {}
+    output = args.output if args.output is not None else DEFAULT_OUTPUT
+    report = JsonReport(args.model) if args.json else TextReport()
+    for group in _groups(items):
+        path, kind, _ = group[0]
+        if kind in BATCH_KINDS:
+            report.add(predict_batch(network, path, output, args.model))
+            continue
+        entries = predict_images(network, [(path, error) for path, _, error in group], previews,
+                                 not args.keep_stroke_width, args.model)
+        for entry in entries:
+            report.add(entry)
+    report.close()
+    return 1 if report.errors else 0

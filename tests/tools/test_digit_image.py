@@ -17,6 +17,7 @@ from mnist_classification.tools.digit_image import (
     ink_bounds,
     ink_mask,
     is_dark_on_light,
+    noise_sigma,
     normalise_polarity,
     normalise_stroke,
     otsu_threshold,
@@ -180,6 +181,57 @@ def test_otsu_splits_two_levels():
 def test_blank_images_have_no_ink(image):
     with pytest.raises(PipelineError, match="no ink"):
         prepare_digit(np.clip(image, 0, 1).astype(np.float32))
+
+
+def _noise(kind, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "gaussian":
+        return np.clip(0.5 + rng.normal(0, 0.2, (64, 64)), 0, 1)
+    if kind == "uniform":
+        return rng.uniform(0, 1, (100, 100))
+    if kind == "blocks":  # low-resolution noise enlarged by nearest-neighbour
+        return np.kron(rng.uniform(0, 1, (16, 16)), np.ones((4, 4)))
+    return np.kron(np.clip(0.5 + rng.normal(0, 0.15, (28, 28)), 0, 1), np.ones((8, 8)))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "uniform", "blocks", "gaussian blocks"])
+def test_pure_noise_is_refused(kind):
+    for seed in range(20):
+        with pytest.raises(PipelineError, match="no ink"):
+            prepare_digit(_noise(kind, seed).astype(np.float32))
+
+
+def test_noise_sigma_ignores_ink_however_much_of_the_image_it_fills():
+    """Background noise of sigma 0.05 around 0 and ink at +0.8 on 10%, 50% or 80% of the pixels."""
+    rng = np.random.default_rng(0)
+    for share in (0.1, 0.5, 0.8):
+        residual = rng.normal(0, 0.05, 100_000)
+        residual[: int(share * residual.size)] += 0.8
+        assert noise_sigma(residual) == pytest.approx(0.05, rel=0.05)
+    assert noise_sigma(np.zeros(10)) == 0.0
+
+
+def soft_ring(h=160, w=120, width=0.25, soft=0.1):
+    """A zero filling its frame, as when a digit is cropped to its ink: an elliptical ring touching all
+    four sides, ``width`` of the half-axes thick, with soft (anti-aliased) edges ``soft`` wide; float in [0, 1]."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot((yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2))
+    return np.clip((width - np.abs(r - (1 - width))) / soft, 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("width, soft", [(0.25, 0.1), (0.3, 0.2)])
+@pytest.mark.parametrize("dark_on_light", [True, False])
+def test_a_digit_filling_its_image_is_not_refused(width, soft, dark_on_light):
+    """Ink over much of the frame made the noise estimate (a median absolute deviation over all pixels)
+    measure the ink, and such digits were refused as "nothing stands out from the noise". Now the zero
+    comes out as a zero: a ring of ink around an empty middle, in the 20x20 box."""
+    coverage = soft_ring(width=width, soft=soft)
+    prepared = prepare_digit(0.9 - 0.8 * coverage if dark_on_light else 0.1 + 0.8 * coverage)
+    assert prepared[12:16, 12:16].max() < 64  # the hole
+    rows, cols = np.nonzero(prepared > 127)
+    assert rows.max() - rows.min() >= 17 and cols.max() - cols.min() >= 10
+    middle = prepared[12:16]
+    assert middle[:, :12].max() > 200 and middle[:, 16:].max() > 200  # both sides of the ring
 
 
 def test_a_few_hot_pixels_are_not_a_digit():
