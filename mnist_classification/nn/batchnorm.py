@@ -11,7 +11,7 @@ uses the running statistics, which are saved in the model file as buffers.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

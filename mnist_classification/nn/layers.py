@@ -13,7 +13,7 @@ rebuilds the layer; layers with params or buffers take them back through their
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

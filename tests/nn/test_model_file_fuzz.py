@@ -80,7 +80,12 @@ def _main(folder: Path, cases: int) -> None:
     from mnist_classification.infra.errors import PipelineError
     from mnist_classification.infra.params import validate
     from mnist_classification.nn.initialisation import SCHEMES
-    from mnist_classification.nn.network import LAYER_TYPES, _digest, build_network, load_network
+    from mnist_classification.nn.network import (
+        LAYER_TYPES,
+        _digest,
+        build_network,
+        load_network,
+    )
 
     classes = [str(d) for d in range(10)]
     bases = []
