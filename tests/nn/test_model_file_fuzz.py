@@ -318,6 +318,16 @@ def _main(folder: Path, cases: int) -> None:
     path.write_bytes(write(members(header, arrays), False))
     load_network(path)
     resource.setrlimit(resource.RLIMIT_AS, (_status("VmSize") + ADDRESS_SPACE_HEADROOM, resource.RLIM_INFINITY))
+    # The harness measures what it claims: a big allocation fails, a touched 64 MiB shows in the peak.
+    try:
+        np.empty(ADDRESS_SPACE_HEADROOM * 2, np.uint8)
+        raise AssertionError("the address-space cap does not stop a large allocation")
+    except MemoryError:
+        pass
+    _reset_peak()
+    rss = _status("VmRSS")
+    np.ones(64 << 20, np.uint8)
+    assert _status("VmHWM") - rss >= 64 << 20
     case()
     print(json.dumps(stats))
 
