@@ -16,6 +16,7 @@ from mnist_classification.infra import atomic
 from mnist_classification.infra.errors import run_cli
 from mnist_classification.infra.params import load_params
 from mnist_classification.nn.augment import Augmenter
+from mnist_classification.nn.footprint import check_training_memory
 from mnist_classification.nn.network import build_network
 from mnist_classification.nn.optimizers import make_optimizer
 from mnist_classification.nn.schedules import Schedule
@@ -37,6 +38,7 @@ def main() -> None:
     val_u8, val_labels = load_prepared(PREPARED / "val.npz")
     train_images, val_images = standardise(train_u8, mean, std), standardise(val_u8, mean, std)
 
+    check_training_memory(p, train_images.shape[1:], len(meta["classes"]))
     network = build_network(p, train_images.shape[1:], meta["classes"], mean, std)
     optimizer = make_optimizer(p["optimizer"], p["lr"], p["momentum"], p["weight_decay"])
     schedule = Schedule(p["schedule"], p["lr"], p["epochs"], p["warmup_epochs"], p["step_epochs"], p["gamma"])

@@ -10,6 +10,9 @@ uses the running statistics, which are saved in the model file as buffers.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import numpy as np
 
 from mnist_classification.nn.layers import FLOAT, Layer
@@ -35,21 +38,23 @@ class BatchNorm2D(Layer):
     """Per-channel batch normalisation of (N, C, H, W) feature maps."""
 
     kind = "batchnorm2d"
+    buffer_names = ("running_mean", "running_var")
 
-    def __init__(self, channels: int, momentum: float = 0.9, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, momentum: float = 0.9, eps: float = 1e-5,
+                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__()
         self.channels, self.momentum, self.eps = int(channels), float(momentum), float(eps)
         if self.channels < 1:
             raise ValueError(f"channels must be positive, not {channels}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), not {momentum}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be positive, not {eps}")
-        self.params = {"gamma": np.ones(self.channels, dtype=FLOAT),
-                       "beta": np.zeros(self.channels, dtype=FLOAT)}
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
-        self.buffers = {"running_mean": np.zeros(self.channels, dtype=FLOAT),
-                        "running_var": np.ones(self.channels, dtype=FLOAT)}
+        if not 0 < self.eps < math.inf:
+            raise ValueError(f"eps must be positive and finite, not {eps}")
+        if arrays is None:
+            arrays = {"gamma": np.ones(self.channels, dtype=FLOAT), "beta": np.zeros(self.channels, dtype=FLOAT),
+                      "running_mean": np.zeros(self.channels, dtype=FLOAT),
+                      "running_var": np.ones(self.channels, dtype=FLOAT)}
+        self.adopt(arrays)
 
     def forward(self, x, training=False):
         if x.ndim != 4 or x.shape[1] != self.channels:
@@ -118,3 +123,6 @@ class BatchNorm2D(Layer):
 
     def config(self):
         return {"type": self.kind, "channels": self.channels, "momentum": self.momentum, "eps": self.eps}
+
+    def array_shapes(self):
+        return {name: (self.channels,) for name in ("gamma", "beta", *self.buffer_names)}

@@ -37,6 +37,8 @@ batch size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from mnist_classification.nn.activations import ACTIVATIONS
@@ -45,7 +47,7 @@ from mnist_classification.nn.batchnorm import (
     channel_major,
     from_channel_major,
 )
-from mnist_classification.nn.initialisation import init_weights
+from mnist_classification.nn.initialisation import check_scheme, init_weights
 from mnist_classification.nn.layers import FLOAT, Layer
 
 #: col2im (strided scatter-adds over C*k*k rows) costs about this many times an im2col copy
@@ -129,22 +131,22 @@ class Conv2D(Layer):
     input_grad_method = "auto"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, init: str = "he",
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None,
+                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.init = int(kernel_size), init
+        self.kernel_size, self.init = int(kernel_size), check_scheme(init)
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError("channel counts must be positive")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number, not {kernel_size}")
-        rng = rng if rng is not None else np.random.default_rng(0)
-        k2 = self.kernel_size * self.kernel_size
-        fan_in, fan_out = self.in_channels * k2, self.out_channels * k2
-        self.params = {
-            "W": init_weights(init, (self.out_channels, fan_in), fan_in, fan_out, rng),
-            "b": np.zeros(self.out_channels, dtype=FLOAT),
-        }
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        if arrays is None:
+            rng = rng if rng is not None else np.random.default_rng(0)
+            k2 = self.kernel_size * self.kernel_size
+            fan_in, fan_out = self.in_channels * k2, self.out_channels * k2
+            arrays = {"W": init_weights(init, (self.out_channels, fan_in), fan_in, fan_out, rng),
+                      "b": np.zeros(self.out_channels, dtype=FLOAT)}
+        self.adopt(arrays)
         self._work = _Workspace()
         self._cols: np.ndarray | None = None  # forward columns, consumed by backward
         self._input_shape: tuple[int, ...] | None = None
@@ -235,6 +237,9 @@ class Conv2D(Layer):
         return {"type": self.kind, "in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "init": self.init}
 
+    def array_shapes(self):
+        return {"W": (self.out_channels, self.in_channels * self.kernel_size ** 2), "b": (self.out_channels,)}
+
 
 class MaxPool2D(Layer):
     """Non-overlapping ``size`` x ``size`` max pooling: (N, C, H, W) -> (N, C, H // size, W // size).
@@ -321,8 +326,10 @@ class MaxPool2D(Layer):
         return from_channel_major(planes) if channel_first else planes
 
     def output_shape(self, input_shape):
-        *lead, h, w = input_shape
-        return (*lead, h // self.size, w // self.size)
+        if len(input_shape) != 3:
+            raise ValueError(f"MaxPool2D expects (C, H, W) samples, got {tuple(input_shape)}")
+        c, h, w = input_shape
+        return (c, h // self.size, w // self.size)
 
     def config(self):
         return {"type": self.kind, "size": self.size}

@@ -6,14 +6,18 @@ keys and shapes as ``self.params``) and returns the gradient with respect to
 the layer's input. ``buffers`` hold saved, non-trainable state (for example
 batch-norm running statistics). ``config()`` is the JSON-serialisable
 architecture from which :func:`mnist_classification.nn.network.layer_from_config`
-rebuilds the layer.
+rebuilds the layer; layers with params or buffers take them back through their
+``arrays`` argument (see :meth:`Layer.adopt`) instead of initialising new ones.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import numpy as np
 
-from mnist_classification.nn.initialisation import init_weights
+from mnist_classification.nn.initialisation import check_scheme, init_weights
 
 FLOAT = np.float32
 
@@ -24,6 +28,8 @@ class Layer:
     kind = "identity"
     #: Names in ``params`` that L2 weight decay applies to (weights, not biases).
     decayed: tuple[str, ...] = ()
+    #: Names of the arrays (see :meth:`array_shapes`) kept in ``buffers`` rather than ``params``.
+    buffer_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -45,6 +51,28 @@ class Layer:
     def config(self) -> dict:
         return {"type": self.kind}
 
+    def array_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every param and buffer, from the layer's config alone (nothing is allocated)."""
+        return {}
+
+    def adopt(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Hold ``arrays`` (one per name of :meth:`array_shapes`) as params and buffers, without copying.
+
+        Gradients are zeroed. Raises ValueError if an array is missing, unexpected or misshapen.
+        """
+        shapes = self.array_shapes()
+        missing, extra = sorted(shapes.keys() - arrays.keys()), sorted(arrays.keys() - shapes.keys())
+        if missing or extra:
+            problems = [f"{label} arrays {', '.join(names)}" for label, names in (("missing", missing),
+                                                                                ("unexpected", extra)) if names]
+            raise ValueError("; ".join(problems))
+        for name, shape in shapes.items():
+            if arrays[name].shape != shape:
+                raise ValueError(f"{name} has shape {arrays[name].shape}; the layer needs {shape}")
+        self.params = {name: arrays[name] for name in shapes if name not in self.buffer_names}
+        self.buffers = {name: arrays[name] for name in self.buffer_names}
+        self.grads = {name: np.zeros(p.shape, p.dtype) for name, p in self.params.items()}
+
 
 class Dense(Layer):
     """Fully connected layer ``y = x @ W + b``; x (N, in), W (in, out), b (out,), y (N, out)."""
@@ -53,16 +81,16 @@ class Dense(Layer):
     decayed = ("W",)
 
     def __init__(self, in_features: int, out_features: int, init: str = "he",
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None,
+                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__()
-        self.in_features, self.out_features, self.init = int(in_features), int(out_features), init
-        rng = rng if rng is not None else np.random.default_rng(0)
-        self.params = {
-            "W": init_weights(init, (self.in_features, self.out_features), self.in_features,
-                              self.out_features, rng),
-            "b": np.zeros(self.out_features, dtype=FLOAT),
-        }
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self.in_features, self.out_features, self.init = int(in_features), int(out_features), check_scheme(init)
+        if arrays is None:
+            rng = rng if rng is not None else np.random.default_rng(0)
+            arrays = {"W": init_weights(init, (self.in_features, self.out_features), self.in_features,
+                                        self.out_features, rng),
+                      "b": np.zeros(self.out_features, dtype=FLOAT)}
+        self.adopt(arrays)
         self._x: np.ndarray | None = None
 
     def forward(self, x, training=False):
@@ -87,6 +115,9 @@ class Dense(Layer):
         return {"type": self.kind, "in_features": self.in_features,
                 "out_features": self.out_features, "init": self.init}
 
+    def array_shapes(self):
+        return {"W": (self.in_features, self.out_features), "b": (self.out_features,)}
+
 
 class Dropout(Layer):
     """Inverted dropout: in training, zero each unit with probability ``rate`` and scale the rest."""
@@ -96,6 +127,8 @@ class Dropout(Layer):
     def __init__(self, rate: float, rng: np.random.Generator | None = None) -> None:
         super().__init__()
         self.rate = float(rate)
+        if not 0 <= self.rate < 1:
+            raise ValueError(f"rate must be in [0, 1), not {rate}")
         self.rng = rng if rng is not None else np.random.default_rng(0)
 
     def forward(self, x, training=False):
@@ -126,7 +159,7 @@ class Flatten(Layer):
         return grad_out.reshape(self._shape)
 
     def output_shape(self, input_shape):
-        return (int(np.prod(input_shape)),)
+        return (math.prod(input_shape),)
 
 
 class AddChannel(Layer):
@@ -141,4 +174,6 @@ class AddChannel(Layer):
         return grad_out[:, 0, :, :]
 
     def output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(f"AddChannel expects (H, W) samples, got {tuple(input_shape)}")
         return (1, *input_shape)

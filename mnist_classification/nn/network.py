@@ -4,22 +4,27 @@ The model file is a plain ``.npz`` that loads with ``allow_pickle=False``:
 ``architecture`` holds JSON (format tag, input shape, class names,
 normalisation statistics, layer configs and a SHA-256 of every array), and
 ``<layer index>.<name>`` holds each parameter or buffer as float32. Loading
-rebuilds every layer from its config and refuses anything that does not fit:
-unknown layer types, missing, extra or misshapen arrays, non-finite weights
-and files whose arrays do not match their checksum.
+(:func:`load_network`) checks everything the header and the archive's table of
+contents tell before it loads any array, then rebuilds every layer from its
+config around the stored arrays (never from a fresh initialisation): a file
+that declares huge layers without holding them is refused in milliseconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import math
+import re
+import reprlib
 from pathlib import Path
 
 import numpy as np
 
 from mnist_classification.infra import atomic
 from mnist_classification.infra.errors import PipelineError
-from mnist_classification.infra.npz import read_npz
+from mnist_classification.infra.npz import NpyHeader, NpzArchive
 from mnist_classification.nn.activations import ACTIVATIONS
 from mnist_classification.nn.conv import CONV_LAYERS, conv_feature_layers
 from mnist_classification.nn.layers import AddChannel, Dense, Dropout, Flatten, Layer
@@ -30,6 +35,13 @@ FORMAT = "mnist-classification/model-v1"
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.kind: cls for cls in (Dense, Dropout, Flatten, AddChannel, *ACTIVATIONS.values(), *CONV_LAYERS)
 }
+
+#: Largest dimension, channel count or kernel size a layer config may declare.
+MAX_SIZE = 2**31 - 1
+#: Largest ``architecture`` entry accepted (the CNN's is about 4 KB).
+MAX_ARCHITECTURE_BYTES = 1 << 20
+_HEADER_KEYS = {"format", "input_shape", "classes", "normalisation", "layers", "sha256"}
+_HINT = "train one with `dvc repro` or pass --model PATH"
 
 
 class Network:
@@ -112,60 +124,161 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def layer_from_config(config: dict) -> Layer:
-    """Rebuild one layer (with placeholder weights) from its ``config()``."""
-    if not isinstance(config, dict) or config.get("type") not in LAYER_TYPES:
-        kind = config.get("type") if isinstance(config, dict) else config
-        raise ValueError(f"unknown layer type {kind!r}")
+def _brief(value) -> str:
+    """A short repr of any header value, for messages."""
+    return reprlib.repr(value)
+
+
+# Layer constructor arguments a config may set, by annotation: (check, what is expected).
+_CONFIG_VALUES = {
+    "int": (lambda v: type(v) is int and 1 <= v <= MAX_SIZE, f"a whole number from 1 to {MAX_SIZE}"),
+    "float": (lambda v: type(v) in (int, float) and math.isfinite(v), "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _config_kwargs(config) -> tuple[type[Layer], dict]:
+    """The layer class and constructor arguments of one layer config, type-checked; nothing is built.
+
+    Every key but ``type`` must be an int, float or str argument of the layer's
+    constructor; whole numbers must be in 1..MAX_SIZE, other numbers finite.
+    """
+    kind = config.get("type") if isinstance(config, dict) else config
+    if not isinstance(kind, str) or kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {_brief(kind)}")
+    cls = LAYER_TYPES[kind]
+    arguments = inspect.signature(cls).parameters
     kwargs = {key: value for key, value in config.items() if key != "type"}
+    for key, value in kwargs.items():
+        if key not in arguments or arguments[key].annotation not in _CONFIG_VALUES:
+            raise ValueError(f"unknown key {_brief(key)}")
+        check, expected = _CONFIG_VALUES[arguments[key].annotation]
+        if not check(value):
+            raise ValueError(f"{key} is {_brief(value)}; expected {expected}")
+    return cls, kwargs
+
+
+def layer_from_config(config: dict, arrays: dict[str, np.ndarray] | None = None) -> Layer:
+    """Rebuild one layer from its ``config()`` and, for a layer with params or buffers, its ``arrays``.
+
+    The layer holds ``arrays`` themselves (no copy, no fresh initialisation). Raises
+    ValueError for a config or arrays that do not fit the layer.
+    """
+    cls, kwargs = _config_kwargs(config)
+    if "arrays" in inspect.signature(cls).parameters:
+        kwargs["arrays"] = {} if arrays is None else arrays
+    elif arrays:
+        raise ValueError(f"holds no arrays but the file gives it {', '.join(sorted(arrays))}")
     try:
-        return LAYER_TYPES[config["type"]](**kwargs)
+        return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"bad config for layer {config['type']!r}: {exc}") from None
+        raise ValueError(str(exc)) from None
 
 
 def load_network(path: str | Path) -> Network:
-    """Load and validate a model file written by :meth:`Network.save`. Nothing in it is executed."""
+    """Load and validate a model file written by :meth:`Network.save`. Nothing in it is executed.
+
+    Everything the file's header and table of contents tell is checked before any
+    array is loaded: the architecture (known keys and layer types, sizes in range,
+    finite normalisation), that each layer's input fits the previous layer's output,
+    that the file holds exactly the arrays the layers need, as float32 of the right
+    shapes, and that they fit in memory. Then the arrays are loaded, checked for
+    NaN/inf and against the SHA-256 recorded at training, and become the layers' params.
+    """
     path = Path(path)
-    arrays = read_npz(path, "model file", "train one with `dvc repro` or pass --model PATH")
-    try:
-        return _network_from_arrays(arrays)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PipelineError(f"model file {path} is invalid: {exc}") from None
+    with NpzArchive(path, "model file", _HINT) as archive:
+        try:
+            header = _read_header(archive)
+            layers = _check_layers(header, archive.headers)
+            archive.check_memory(archive.headers)
+            arrays = {key: archive.load(key) for key in archive.headers if key != "architecture"}
+            _check_values(arrays, header["sha256"])
+        except ValueError as exc:
+            raise PipelineError(f"model file {path} is invalid: {exc}") from None
+    for index, layer in enumerate(layers):
+        layer.adopt({name: arrays[f"{index}.{name}"] for name in layer.array_shapes()})
+    (height, width), normalisation = header["input_shape"], header["normalisation"]
+    return Network(layers, (height, width), header["classes"], normalisation["mean"], normalisation["std"])
 
 
-def _network_from_arrays(arrays: dict[str, np.ndarray]) -> Network:
-    header_array = arrays.pop("architecture", None)
-    if header_array is None or header_array.dtype.kind != "U" or header_array.shape != ():
+def _read_header(archive: NpzArchive) -> dict:
+    """The model's JSON architecture, checked for shape and types (not yet against the arrays)."""
+    entry = archive.headers.get("architecture")
+    if entry is None or entry.dtype.kind != "U" or entry.shape != ():
         raise ValueError("no 'architecture' entry; this is not a model written by this project")
-    header = json.loads(str(header_array))
+    if entry.nbytes > MAX_ARCHITECTURE_BYTES:
+        raise ValueError(f"its architecture entry is {entry.nbytes} bytes; expected at most "
+                         f"{MAX_ARCHITECTURE_BYTES}")
+    try:
+        header = json.loads(str(archive.load("architecture")))
+    except RecursionError:
+        raise ValueError("its architecture is nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"its architecture is not valid JSON ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"unknown format {header.get('format') if isinstance(header, dict) else header!r}; "
-                         f"expected {FORMAT}")
-    layers = [layer_from_config(config) for config in header["layers"]]
-    network = Network(layers, tuple(header["input_shape"]), header["classes"],
-                      header["normalisation"]["mean"], header["normalisation"]["std"])
-    expected = {f"{i}.{name}": array for i, layer in enumerate(layers)
-                for store in (layer.params, layer.buffers) for name, array in store.items()}
-    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
-    if missing or extra:
-        raise ValueError(f"weights do not fit the architecture (missing {missing}, unexpected {extra})")
-    for key, placeholder in expected.items():
-        if arrays[key].shape != placeholder.shape or arrays[key].dtype != np.float32:
-            raise ValueError(f"{key} has shape {arrays[key].shape} {arrays[key].dtype}; the architecture "
-                             f"needs {placeholder.shape} float32")
-        if not np.all(np.isfinite(arrays[key])):
+        found = header.get("format") if isinstance(header, dict) else header
+        raise ValueError(f"unknown format {_brief(found)}; expected {FORMAT}")
+    unknown, missing = sorted(header.keys() - _HEADER_KEYS), sorted(_HEADER_KEYS - header.keys())
+    if unknown or missing:
+        problems = [f"{label} {_brief(keys)}" for label, keys in (("unknown keys", unknown), ("missing", missing))
+                    if keys]
+        raise ValueError(f"its architecture has {' and '.join(problems)}")
+    shape, classes, norm = header["input_shape"], header["classes"], header["normalisation"]
+    if not (isinstance(shape, list) and len(shape) == 2
+            and all(type(d) is int and 1 <= d <= MAX_SIZE for d in shape)):
+        raise ValueError(f"input_shape is {_brief(shape)}; expected [height, width] in pixels")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"classes is {_brief(classes)}; expected a non-empty list of class names")
+    if not (isinstance(norm, dict) and norm.keys() == {"mean", "std"}
+            and all(type(v) in (int, float) and math.isfinite(v) for v in norm.values()) and norm["std"] > 0):
+        raise ValueError(f"normalisation is {_brief(norm)}; expected finite mean and std, std > 0")
+    if not (isinstance(header["layers"], list) and header["layers"]):
+        raise ValueError(f"layers is {_brief(header['layers'])}; expected a non-empty list of layer configs")
+    if not (isinstance(header["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", header["sha256"])):
+        raise ValueError(f"sha256 is {_brief(header['sha256'])}; expected 64 hex digits")
+    return header
+
+
+def _check_layers(header: dict, stored: dict[str, NpyHeader]) -> list[Layer]:
+    """The layers of ``header``, holding zero-cost stand-ins of the stored arrays' shapes.
+
+    Checks, from the stored arrays' headers alone, that every layer gets exactly the
+    float32 arrays of the shapes its config implies, and that each layer's input fits
+    the previous layer's output and the last one gives one output per class.
+    """
+    by_layer: dict[int, dict[str, np.ndarray]] = {}
+    for key, entry in stored.items():
+        if key == "architecture":
+            continue
+        match = re.fullmatch(r"(0|[1-9][0-9]*)\.(\w+)", key)
+        if not match or int(match[1]) >= len(header["layers"]):
+            raise ValueError(f"it holds an array {_brief(key)} that no layer uses")
+        if entry.dtype != np.float32:
+            raise ValueError(f"{key} has dtype {entry.dtype}; expected float32")
+        by_layer.setdefault(int(match[1]), {})[match[2]] = np.broadcast_to(np.float32(0), entry.shape)
+    layers = []
+    shape: tuple[int, ...] = tuple(header["input_shape"])
+    for index, config in enumerate(header["layers"]):
+        try:
+            layer = layer_from_config(config, by_layer.get(index))
+            shape = layer.output_shape(shape)
+        except ValueError as exc:
+            kind = config.get("type") if isinstance(config, dict) else None
+            known = isinstance(kind, str) and kind in LAYER_TYPES
+            raise ValueError(f"layer {index} ({kind}): {exc}" if known else f"layer {index}: {exc}") from None
+        layers.append(layer)
+    if shape != (len(header["classes"]),):
+        raise ValueError(f"the layers produce {shape} outputs for {len(header['classes'])} classes")
+    return layers
+
+
+def _check_values(arrays: dict[str, np.ndarray], sha256: str) -> None:
+    for key, array in arrays.items():
+        if not np.all(np.isfinite(array)):
             raise ValueError(f"{key} holds NaN or infinite values")
-    if header.get("sha256") != _digest(arrays):
+    if sha256 != _digest(arrays):
         raise ValueError("its weights do not match the checksum recorded at training; the file was "
                          "modified or corrupted")
-    network.load_state(arrays)
-    shape = network.input_shape
-    for layer in layers:
-        shape = layer.output_shape(shape)
-    if shape != (len(network.classes),):
-        raise ValueError(f"the layers produce {shape} outputs for {len(network.classes)} classes")
-    return network
 
 
 def build_network(train: dict, input_shape: tuple[int, int], classes: list[str], mean: float,

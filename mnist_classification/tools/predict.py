@@ -50,6 +50,7 @@ from mnist_classification.data.idx import gunzip, parse_idx
 from mnist_classification.data.preprocessing import standardise
 from mnist_classification.infra import atomic
 from mnist_classification.infra.errors import PipelineError
+from mnist_classification.infra.npz import npy_file_header
 from mnist_classification.nn.network import Network, load_network
 from mnist_classification.tools.digit_image import SIZE, prepare_digit
 from mnist_classification.tools.predict_report import (
@@ -250,19 +251,19 @@ def load_npy(path: str | Path) -> np.ndarray:
         raise PipelineError(f"{path} is not a .npy file (it does not start with the NumPy magic); "
                             f"expected an array saved with numpy.save")
     try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "object" in str(exc).lower():
+        header = npy_file_header(path)  # shape and size checked before anything is allocated
+        if header.dtype.hasobject:
             raise PipelineError(f"{path} holds pickled Python objects, which are refused for safety; "
-                                f"expected a numeric array of images") from None
+                                f"expected a numeric array of images")
+        shape = (1, *header.shape) if header.shape == (SIZE, SIZE) else header.shape
+        if len(shape) != 3 or shape[1:] != (SIZE, SIZE) or shape[0] == 0:
+            raise PipelineError(f"{path}: array has shape {header.shape}; {_EXPECTED_BATCH} "
+                                "(or a single (28, 28) image)")
+        array = np.load(path, allow_pickle=False).reshape(shape)
+    except ValueError as exc:
         raise PipelineError(f"{path} is not a readable .npy file ({exc})") from None
     except (OSError, EOFError) as exc:
         raise PipelineError(f"{path} is truncated or corrupt ({exc})") from None
-    if array.shape == (SIZE, SIZE):
-        array = array[None]
-    if array.ndim != 3 or array.shape[1:] != (SIZE, SIZE) or array.shape[0] == 0:
-        raise PipelineError(f"{path}: array has shape {array.shape}; {_EXPECTED_BATCH} "
-                            "(or a single (28, 28) image)")
     return _as_pixels(array, path)
 
 

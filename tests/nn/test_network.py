@@ -1,6 +1,8 @@
 """Building networks from params, and model files: round trip and refusal of bad files."""
 
 import json
+import re
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ from model_files import add_pickled_payload, read_arrays
 from mnist_classification.infra import atomic
 from mnist_classification.infra.errors import PipelineError
 from mnist_classification.infra.params import validate
-from mnist_classification.nn.network import build_network, load_network
+from mnist_classification.nn.layers import Dense
+from mnist_classification.nn.network import FORMAT, build_network, load_network
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -72,34 +75,108 @@ def test_tampered_weights_fail_the_checksum(model_file):
         load_network(model_file)
 
 
-def test_wrong_architecture_for_weights(model_file):
-    arrays = read_arrays(model_file)
+def _edit_header(path, edit) -> None:
+    """Rewrite the model file at ``path`` with ``edit(header)`` applied to its architecture (checksum kept)."""
+    arrays = read_arrays(path)
     header = json.loads(str(arrays["architecture"]))
-    header["layers"][1]["out_features"] = 17
+    edit(header)
     arrays["architecture"] = np.array(json.dumps(header))
+    atomic.save_npz(path, arrays)
+
+
+def _set(path, value):
+    """An edit that sets the header value at ``path`` (a tuple of keys and indices)."""
+    def edit(header):
+        for key in path[:-1]:
+            header = header[key]
+        header[path[-1]] = value
+    return edit
+
+
+# Each edit, and the message that names what is wrong (after "model file <path> is invalid: ").
+BAD_HEADERS = {
+    "weights of another shape": (_set(("layers", 1, "out_features"), 17),
+                                 r"layer 1 \(dense\): W has shape \(784, 16\); the layer needs \(784, 17\)"),
+    "input the first layer cannot take": (_set(("input_shape",), [10, 10]),
+                                          r"layer 1 \(dense\): Dense expects \(784,\) samples, got \(100,\)"),
+    "unknown layer type": (_set(("layers", 2, "type"), "os.system"), "layer 2: unknown layer type 'os.system'"),
+    "unknown key": (_set(("extra",), 1), r"unknown keys \['extra'\]"),
+    "unknown layer key": (_set(("layers", 1, "activation"), "relu"), r"layer 1 \(dense\): unknown key 'activation'"),
+    "size as a string": (_set(("layers", 1, "in_features"), "784"),
+                         r"layer 1 \(dense\): in_features is '784'; expected a whole number from 1 to 2147483647"),
+    "negative size": (_set(("layers", 4, "in_features"), -16), "in_features is -16; expected a whole number"),
+    "huge size": (_set(("layers", 1, "out_features"), 10**40), "out_features is 1000000000"),
+    "NaN mean": (_set(("normalisation", "mean"), float("nan")), "normalisation is .*expected finite mean and std"),
+    "infinite std": (_set(("normalisation", "std"), float("inf")), "normalisation is .*expected finite mean and std"),
+    "dropout rate above 1": (_set(("layers", 3, "rate"), 1.5), r"layer 3 \(dropout\): rate must be in \[0, 1\)"),
+    "no classes": (_set(("classes",), []), "classes is \\[\\]; expected a non-empty list"),
+    "too few classes": (_set(("classes",), ["a", "b"]), r"the layers produce \(10,\) outputs for 2 classes"),
+    "a layer config that is a list": (_set(("layers", 0), [[[]]]), r"layer 0: unknown layer type \[\[\[\]\]\]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+def test_bad_architecture(model_file, case):
+    edit, message = BAD_HEADERS[case]
+    _edit_header(model_file, edit)
+    with pytest.raises(PipelineError) as info:
+        load_network(model_file)
+    assert str(info.value).startswith(f"model file {model_file} is invalid: ")
+    assert re.search(message, str(info.value)), str(info.value)
+
+
+def test_architecture_nested_too_deeply(model_file):
+    arrays = read_arrays(model_file)
+    arrays["architecture"] = np.array('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}")
     atomic.save_npz(model_file, arrays)
-    with pytest.raises(PipelineError, match=r"1.W has shape \(784, 16\) float32; the architecture needs \(784, 17\)"):
+    with pytest.raises(PipelineError, match="is invalid: its architecture is nested too deeply"):
         load_network(model_file)
 
 
-def test_input_shape_that_the_first_dense_layer_cannot_take(model_file):
+def test_architecture_entry_too_large_is_not_even_read(model_file):
     arrays = read_arrays(model_file)
-    header = json.loads(str(arrays["architecture"]))
-    header["input_shape"] = [10, 10]
-    arrays["architecture"] = np.array(json.dumps(header))
+    arrays["architecture"] = np.array(" " * (1 << 20))
     atomic.save_npz(model_file, arrays)
-    with pytest.raises(PipelineError, match=r"Dense expects \(784,\) samples, got \(100,\)"):
+    with pytest.raises(PipelineError, match="is invalid: its architecture entry is 4194304 bytes; expected at most"):
         load_network(model_file)
 
 
-def test_unknown_layer_type(model_file):
-    arrays = read_arrays(model_file)
-    header = json.loads(str(arrays["architecture"]))
-    header["layers"][2]["type"] = "os.system"
-    arrays["architecture"] = np.array(json.dumps(header))
-    atomic.save_npz(model_file, arrays)
-    with pytest.raises(PipelineError, match="unknown layer type 'os.system'"):
-        load_network(model_file)
+def test_layers_that_do_not_chain_are_refused_even_with_matching_weights_and_checksum(tmp_path):
+    net = _mlp()
+    net.layers[1] = Dense(784, 17)  # its arrays fit its config, but the next Dense takes 16 inputs
+    net.save(tmp_path / "model.npz")
+    with pytest.raises(PipelineError, match=r"is invalid: layer 4 \(dense\): Dense expects \(16,\) samples, "
+                                            r"got \(17,\)"):
+        load_network(tmp_path / "model.npz")
+
+
+@pytest.mark.parametrize("width", [30_000, 10**6])
+def test_huge_layers_declared_without_weights_are_refused_before_anything_is_allocated(tmp_path, width):
+    """The reported case: a 2.5 KB file declaring 784-30000-30000-10 (or 10^6 x 10^6) and holding no weights
+    ran for 36 s and reached 7.2 GB (or ran out of memory) building the layers before it was refused."""
+    header = {"format": FORMAT, "input_shape": [28, 28], "classes": CLASSES,
+              "normalisation": {"mean": 0.13, "std": 0.31}, "sha256": "0" * 64,
+              "layers": [{"type": "flatten"}, {"type": "dense", "in_features": 784, "out_features": width},
+                         {"type": "relu"}, {"type": "dense", "in_features": width, "out_features": width},
+                         {"type": "relu"}, {"type": "dense", "in_features": width, "out_features": 10}]}
+    path = tmp_path / "model.npz"
+    atomic.save_npz(path, {"architecture": np.array(json.dumps(header))})
+    tracemalloc.start()  # NumPy reports its array allocations to tracemalloc
+    try:
+        with pytest.raises(PipelineError, match=r"is invalid: layer 1 \(dense\): missing arrays W, b$"):
+            load_network(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_loaded_layers_hold_the_stored_arrays(model_file):
+    stored = read_arrays(model_file)
+    network = load_network(model_file)
+    state = network.state()
+    assert state.keys() == stored.keys() - {"architecture"}
+    assert all(np.array_equal(state[key], stored[key]) for key in state)
 
 
 def test_pickled_object_is_refused_and_never_executed(model_file, tmp_path):

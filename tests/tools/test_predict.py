@@ -463,6 +463,11 @@ def test_cli_bad_batches(model_path, tmp_path):
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((4, 10), np.uint8))
     assert_refused(cli("--model", model_path, wrong, cwd=tmp_path), wrong, "(N, 28, 28)")
+    lying = tmp_path / "lying.npy"  # a header declaring 784 GB over 100 bytes: refused from the header alone
+    np.save(lying, np.zeros(100, np.uint8))
+    lying.write_bytes(lying.read_bytes().replace(b"(100,)", b"(1000000000, 28, 28)"))
+    assert_refused(cli("--model", model_path, lying, cwd=tmp_path), lying, "is not a readable .npy file (its "
+                   "header declares (1000000000, 28, 28) uint8 = 784000000000 bytes of data but it holds")
     assert not (tmp_path / "predictions.csv").exists()
 
 
