@@ -41,7 +41,7 @@ def project(tmp: Path, endpoint: str) -> Path:
     clone = tmp / "project"
     sh(["git", "clone", "-q", str(ROOT), str(clone)], tmp)
     dvc = [sys.executable, "-m", "dvc"]
-    cache = sh(dvc[:] + ["cache", "dir"], ROOT).strip()
+    cache = sh([*dvc, "cache", "dir"], ROOT).strip()
     sh([*dvc, "remote", "add", "--local", "source", cache], clone)
     sh([*dvc, "pull", "-q", "-r", "source"], clone)
     sh([*dvc, "remote", "remove", "--local", "source"], clone)

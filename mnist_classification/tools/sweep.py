@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name-prefix", metavar="P",
                         help="experiments are named P-1, P-2, ... (default: sweep-MMDD-HHMMSS)")
     parser.add_argument("--git-remote", default="origin", help="the git remote the workers clone (default: origin)")
-    parser.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate the scheduler's must be signed by")
+    parser.add_argument("--tls-ca-file", metavar="PEM", help="the CA certificate that signed the cluster's certificates")
     parser.add_argument("--tls-cert", metavar="PEM", help="this client's certificate")
     parser.add_argument("--tls-key", metavar="PEM", help="this client's private key")
     parser.add_argument("--metric", action="append", metavar="KEY",

@@ -28,6 +28,16 @@ PROGRESS = re.compile(r"^(Running stage '[^']+'|Stage '[^']+' didn't change|epoc
 ERROR_LINE = re.compile(r"^ERROR: |: error: |Error: ")
 #: DVC as installed next to the worker's Python.
 DVC = [sys.executable, "-m", "dvc"]
+#: `dvc push --run-cache`, then `dvc exp push --no-cache origin NAME`, in one process: the outputs reach the
+#: DVC remote before the experiment's git ref reaches the git remote. Exit status 3: the ref was not pushed
+#: (another one of that name is there).
+PUSH = """import sys
+from dvc.repo import Repo
+with Repo() as repo:
+    repo.push(run_cache=True)
+    pushed = repo.experiments.push("origin", [sys.argv[1]], push_cache=False)
+sys.exit(0 if sys.argv[1] in pushed.get("success", []) + pushed.get("up_to_date", []) else 3)
+"""
 
 
 #: DVC remote config keys whose values are secrets (S3, GCS, Azure, SSH, HTTP, WebDAV, ... credentials).
@@ -111,7 +121,7 @@ def run_point(spec: PointSpec) -> PointResult:
     return result
 
 
-def _run(spec: PointSpec, repo: str, emit: Callable[[str, str], None], result: PointResult) -> None:
+def _run(spec: PointSpec, repo: str, emit: Callable[..., None], result: PointResult) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
                GIT_TERMINAL_PROMPT="0")
     if _remote_has_ref(spec, env):
@@ -119,10 +129,10 @@ def _run(spec: PointSpec, repo: str, emit: Callable[[str, str], None], result: P
         return
     clock = time.monotonic()
     emit("clone")
-    _check(spec, ["git", "clone", "--quiet", "--no-checkout", spec.git_url, repo], None, env)
-    _check(spec, ["git", "checkout", "--quiet", "--detach", spec.commit], repo, env)
-    _check(spec, ["git", "config", "user.name", spec.identity[0]], repo, env)
-    _check(spec, ["git", "config", "user.email", spec.identity[1]], repo, env)
+    _check(["git", "clone", "--quiet", "--no-checkout", spec.git_url, repo], None, env)
+    _check(["git", "checkout", "--quiet", "--detach", spec.commit], repo, env)
+    _check(["git", "config", "user.name", spec.identity[0]], repo, env)
+    _check(["git", "config", "user.email", spec.identity[1]], repo, env)
     if spec.config_local.text:
         path = os.path.join(repo, ".dvc", "config.local")
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
@@ -135,14 +145,11 @@ def _run(spec: PointSpec, repo: str, emit: Callable[[str, str], None], result: P
     for override in spec.overrides:
         command += ["-S", override]
     stages = _stream(spec, command, repo, env, emit)
-    if stages is None:
-        return
     result.seconds["run"], result.seconds["stages"] = time.monotonic() - clock, stages
 
     clock = time.monotonic()
     emit("push")
-    _check(spec, [*DVC, "push", "--run-cache"], repo, env)
-    pushed = subprocess.run([*DVC, "exp", "push", "--no-cache", "origin", spec.name], check=False, cwd=repo, env=env,
+    pushed = subprocess.run([sys.executable, "-c", PUSH, spec.name], check=False, cwd=repo, env=env,
                             capture_output=True, text=True)
     result.seconds["push"] = time.monotonic() - clock
     if pushed.returncode == 0:
@@ -150,34 +157,36 @@ def _run(spec: PointSpec, repo: str, emit: Callable[[str, str], None], result: P
     elif _remote_has_ref(spec, env):  # another attempt of this grid point pushed first
         result.status = "exists"
     else:
-        raise StepFailed(error_lines(pushed.stdout + pushed.stderr) or "dvc exp push failed")
+        raise StepFailed("pushing failed: " + (error_lines(pushed.stdout + pushed.stderr)
+                                               or "".join(pushed.stderr.strip().splitlines()[-1:])))
 
 
-def _stream(spec: PointSpec, command: list[str], repo: str, env: dict, emit) -> float | None:
-    """Run ``dvc exp run``, emitting progress lines; return the seconds its stages ran, None if it failed."""
+def _stream(spec: PointSpec, command: list[str], repo: str, env: dict, emit: Callable[..., None]) -> float:
+    """Run ``dvc exp run``, emitting progress lines; return the seconds from its first stage's start to its end."""
     process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1)
-    lines, first_stage, last_line = [], None, time.monotonic()
+    lines, first_stage, stages_end = [], None, time.monotonic()
     for line in process.stdout:
         line = line.rstrip()
         lines.append(line)
         if line.startswith("Running stage"):
             first_stage = first_stage or time.monotonic()
         if line.startswith(("Ran experiment", "ERROR")) and first_stage is not None:
-            last_line = time.monotonic()
+            stages_end = time.monotonic()
         if PROGRESS.match(line):
             emit("progress", spec.config_local.redact(line))
     if process.wait() != 0:
         raise StepFailed(error_lines("\n".join(lines)) or f"dvc exp run exited {process.returncode}")
-    return last_line - first_stage if first_stage is not None else 0.0
+    return stages_end - first_stage if first_stage is not None else 0.0
 
 
 def _remote_has_ref(spec: PointSpec, env: dict) -> bool:
-    listed = _check(spec, ["git", "ls-remote", spec.git_url, spec.ref], None, env)
+    listed = _check(["git", "ls-remote", spec.git_url, spec.ref], None, env)
     return bool(listed.strip())
 
 
-def _check(spec: PointSpec, command: list[str], cwd: str | None, env: dict) -> str:
+def _check(command: list[str], cwd: str | None, env: dict) -> str:
+    """Run ``command``; its output, or StepFailed naming the command and its error lines."""
     done = subprocess.run(command, check=False, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         message = error_lines(done.stderr + done.stdout) or "".join(done.stderr.strip().splitlines()[-1:])

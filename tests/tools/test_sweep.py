@@ -169,7 +169,7 @@ def tls_sweep(servers, tls_cluster):
     address, certs = tls_cluster
     result = sweep(servers["project"], servers["env"], "-S", "train.lr=0.002,1e6", "--scheduler", address,
                    *tls_options(certs, "node"), "--name-prefix", "tls")
-    return {**servers, "result": result}
+    return {**servers, "result": result, "cluster": certs.parent}
 
 
 def test_sweep_over_tls(tls_sweep):
@@ -179,7 +179,10 @@ def test_sweep_over_tls(tls_sweep):
     assert list(found) == ["tls-1"] and found["tls-1"]["params"] == (0.002, (32,))
     assert named(tls_sweep["remote"], "tls") == ["tls-1"]
     assert_outputs_in_store(tls_sweep, found)
-    assert SECRET_KEY not in result.stdout + result.stderr
+    # Neither the sweep's output nor the scheduler's and workers' logs show the credentials.
+    logs = [path.read_text() for path in tls_sweep["cluster"].glob("*.log")]
+    assert len(logs) == 3
+    assert SECRET_KEY not in result.stdout + result.stderr + "".join(logs)
 
 
 def test_a_failing_grid_point_is_reported_by_name(tls_sweep):
@@ -245,7 +248,7 @@ def test_worker_killed_mid_experiment(tmp_path, servers):
     address, processes = start_dask(tmp_path, 2)
     try:
         command = [sys.executable, "-m", "mnist_classification", "sweep", "-S", "train.lr=0.001,0.002",
-                   "-S", "train.epochs=150", "-S", "train.patience=0", "--scheduler", address, "--name-prefix", "kill"]
+                   "-S", "train.epochs=50", "-S", "train.patience=0", "--scheduler", address, "--name-prefix", "kill"]
         process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
         lines, workers, victim = [], {}, None
