@@ -2,6 +2,7 @@
 
 Commands:
   predict   classify digit images (PNG/JPEG) or a batch (.npy / IDX) with a trained model
+  sweep     run a grid of DVC experiments on a Dask cluster (local or remote)
 
 Each command is a module exposing ``add_arguments(parser)`` and ``run(args)``
 (which may return an exit status, as ``predict`` returns 1 when some inputs

@@ -60,9 +60,9 @@ def check_baseline(cwd: Path, remote: str) -> Baseline:
     if "://" not in url and not re.match(r"^[\w.-]+@?[\w.-]*:", url):  # a local path, maybe relative
         url = str((root / url).resolve())
     shown = re.sub(r"//[^/@]*@", "//", url)
-    changed = git(["status", "--porcelain", "--untracked-files=no"], root)
+    changed = git(["diff", "--name-only", "HEAD"], root)
     if changed:
-        files = ", ".join(line[3:] for line in changed.splitlines()[:5])
+        files = ", ".join(changed.splitlines()[:5])
         raise PipelineError(f"uncommitted changes ({files}): the workers run the last commit from git remote "
                             f"{remote!r}; commit and push them first")
     commit = git(["rev-parse", "HEAD"], root)

@@ -207,8 +207,8 @@ def test_client_without_the_right_certificate_is_refused(servers, tls_cluster, c
     assert store_files(servers) == before and named(servers["remote"], "refused") == []
 
 
-@pytest.mark.parametrize("fault", ["scheduler", "store", "credentials", "git remote"])
-def test_unreachable_or_misconfigured_servers_fail_before_any_work(servers, fault):
+@pytest.mark.parametrize("fault", ["scheduler", "store", "credentials", "git remote", "unpushed", "uncommitted"])
+def test_what_fails_is_named_before_any_work(servers, fault):
     project, env, before = servers["project"], servers["env"], store_files(servers)
     closed = f"127.0.0.1:{free_port()}"
     change, undo = {
@@ -217,9 +217,12 @@ def test_unreachable_or_misconfigured_servers_fail_before_any_work(servers, faul
                   ["dvc", "remote", "modify", "--local", "--unset", "store", "endpointurl"]),
         "credentials": (["dvc", "remote", "modify", "--local", "store", "secret_access_key", "not-" + SECRET_KEY],
                         ["dvc", "remote", "modify", "--local", "store", "secret_access_key", SECRET_KEY]),
-        "git remote": (["git", "remote", "rename", "origin", "elsewhere"],
-                       ["git", "remote", "rename", "elsewhere", "origin"]),
+        "git remote": (["git", "remote", "remove", "origin"], ["git", "remote", "add", "origin", str(servers["remote"])]),
+        "unpushed": (["git", "commit", "-q", "--allow-empty", "-m", "not pushed"], ["git", "reset", "-q", "HEAD~1"]),
+        "uncommitted": ([], ["git", "checkout", "--", "params.yaml"]),
     }[fault]
+    if fault == "uncommitted":
+        (project / "params.yaml").write_text((project / "params.yaml").read_text() + "\n")
     if change:
         run(change, project, env)
     try:
@@ -234,7 +237,9 @@ def test_unreachable_or_misconfigured_servers_fail_before_any_work(servers, faul
         "scheduler": rf"cannot connect to the Dask scheduler at tcp://{closed}: .*fix --scheduler",
         "store": rf"cannot reach DVC remote 'store' \(s3://{BUCKET}/\S+ at http://{closed}\): .*endpointurl",
         "credentials": r"DVC remote 'store' .* refused the credentials .*dvc remote modify --local store",
-        "git remote": r"no git remote named 'origin' \(there are: elsewhere\): use --git-remote",
+        "git remote": r"no git remote: the workers clone the project from it; add one with `git remote add origin URL`",
+        "unpushed": r"commit [0-9a-f]{7} is not on git remote 'origin' \(\S+remote\.git\), .*`git push origin HEAD`",
+        "uncommitted": r"uncommitted changes \(params\.yaml\): the workers run the last commit",
     }[fault]
     assert re.search(expected, message), message
     assert SECRET_KEY not in message
