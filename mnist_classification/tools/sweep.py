@@ -25,6 +25,7 @@ from mnist_classification.tools.sweep_task import DVC, PointResult, PointSpec, S
 
 METRICS = ("accuracy", "val_accuracy", "loss")
 PHASES = {"clone": "cloning", "run": "running dvc exp run", "push": "pushing"}
+OUTCOMES = {"done": "pushed", "exists": "already pushed by an earlier attempt", "failed": "FAILED"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,8 +164,7 @@ def submit_and_wait(client, specs: list[PointSpec]) -> dict[str, PointResult]:
             except Exception as exc:  # the task never raises; this is Dask giving up (e.g. KilledWorker)
                 result = PointResult(spec.name, "failed", "?", spec.config_local.redact(f"{type(exc).__name__}: {exc}"))
             results[spec.name] = result
-            state = {"done": "pushed", "exists": "already pushed by an earlier attempt", "failed": "FAILED"}
-            say(f"[{spec.name}] {state[result.status]} {timings(result.seconds)}"
+            say(f"[{spec.name}] {OUTCOMES[result.status]} {timings(result.seconds)}"
                 + (f": {result.error}" if result.error else ""))
     finally:
         client.unsubscribe_topic(specs[0].topic)
