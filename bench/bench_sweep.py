@@ -37,7 +37,8 @@ def sh(command: list[str], cwd: Path) -> str:
 
 
 def project(tmp: Path, endpoint: str) -> Path:
-    """A clone of this repository's commit with its outputs, an S3 remote holding nothing yet, a bare git remote."""
+    """A clone of this repository's commit with its outputs (reproduced if dvc.lock is behind the code), an S3
+    remote holding nothing yet, a bare git remote."""
     clone = tmp / "project"
     sh(["git", "clone", "-q", str(ROOT), str(clone)], tmp)
     dvc = [sys.executable, "-m", "dvc"]
@@ -45,11 +46,12 @@ def project(tmp: Path, endpoint: str) -> Path:
     sh([*dvc, "remote", "add", "--local", "source", cache], clone)
     sh([*dvc, "pull", "-q", "-r", "source"], clone)
     sh([*dvc, "remote", "remove", "--local", "source"], clone)
+    sh([*dvc, "repro", "-q"], clone)  # a stage whose code changed since dvc.lock was committed (none if current)
     sh([*dvc, "remote", "add", "-d", "store", f"s3://{BUCKET}/bench"], clone)
     sh([*dvc, "remote", "modify", "store", "endpointurl", endpoint], clone)
     sh([*dvc, "remote", "modify", "--local", "store", "access_key_id", ACCESS_KEY], clone)
     sh([*dvc, "remote", "modify", "--local", "store", "secret_access_key", SECRET_KEY], clone)
-    sh(["git", "commit", "-qam", "DVC remote"], clone)
+    sh(["git", "commit", "-qam", "DVC remote, pipeline reproduced"], clone)
     sh(["git", "init", "-q", "--bare", str(tmp / "remote.git")], tmp)
     sh(["git", "remote", "set-url", "origin", str(tmp / "remote.git")], clone)
     sh(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], clone)
