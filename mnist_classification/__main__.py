@@ -2,6 +2,7 @@
 
 Commands:
   predict   classify digit images (PNG/JPEG) or a batch (.npy / IDX) with a trained model
+  sweep     run a grid of DVC experiments on a Dask cluster (local or remote)
 
 Each command is a module exposing ``add_arguments(parser)`` and ``run(args)``
 (which may return an exit status, as ``predict`` returns 1 when some inputs
@@ -33,9 +34,27 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "statistics; the predicted class, its probability and the top three are printed. A .npy or IDX "
         "file is a batch of images that are already MNIST-like; its predictions go to a CSV."),
     ),
+    "sweep": (
+        "mnist_classification.tools.sweep",
+        "run a grid of DVC experiments on a Dask cluster, shared through the git and DVC remotes",
+        ("Run every point of a -S grid (the syntax of `dvc exp run --queue`) as a DVC experiment on a Dask "
+         "cluster: an embedded one on 127.0.0.1 sized to the cores, or an existing one (--scheduler). Each "
+         "task clones the project's git remote at the current commit, takes its inputs from the DVC remote, "
+         "runs `dvc exp run` and pushes the experiment; at the end every experiment is pulled into this "
+         "repository (`dvc exp show`, `dvc exp apply NAME`) and the workspace is left untouched."),
+    ),
 }
 
 EPILOG = {
+    "sweep": (
+        "examples:\n"
+        "  python -m mnist_classification sweep -S 'train.lr=0.001,0.002' -S 'train.hidden=[256],[800]'\n"
+        "  python -m mnist_classification sweep --scheduler tls://HOST:8786 --tls-ca-file ca.pem \\\n"
+        "      --tls-cert client.pem --tls-key client-key.pem --name-prefix lr -S 'train.lr=0.001,0.002'\n"
+        "\n"
+        "needs: a git remote holding the current commit, a default DVC remote (credentials with\n"
+        "`dvc remote modify --local`); exit status: 0 when every grid point succeeded, 2 otherwise"
+    ),
     "predict": (
         "examples:\n"
         "  python -m mnist_classification predict my_digit.jpg\n"
