@@ -37,8 +37,7 @@ def test_dvc_yaml_declares_the_model_artifact(tmp_path):
 
 def test_released_versions_are_fetched_by_name_and_predict(tmp_path):
     project, _, env, _ = reproduced_project(tmp_path)
-    add_local_remote(project, tmp_path / "storage")
-    commit_all(project, "first model")
+    add_local_remote(project, tmp_path / "storage")  # commits the reproduced project too
     run(["dvc", "push"], project, env)
     first = _release(project, env, "v1.0.0")
 
