@@ -14,6 +14,17 @@ from typing import TextIO
 from tqdm import tqdm
 
 
+class _Tqdm(tqdm):
+    """tqdm whose destructor tolerates a bar left half-built by Ctrl-C or SIGTERM inside ``__init__``
+    (tqdm's own would print an AttributeError traceback after the stage's one-line message)."""
+
+    def __del__(self) -> None:
+        try:
+            super().__del__()
+        except AttributeError:
+            pass
+
+
 class ProgressBar:
     """``update(done, **fields)`` moves the bar to ``done`` of ``total`` and shows ``fields`` beside it.
 
@@ -26,7 +37,7 @@ class ProgressBar:
     def __init__(self, label: str, total: int, stream: TextIO | None = None, unit: str = "it") -> None:
         stream = stream if stream is not None else sys.stderr
         self.interactive = bool(getattr(stream, "isatty", lambda: False)())
-        self._bar = tqdm(total=int(total) or None, desc=label, unit=unit, unit_scale=unit == "B", file=stream,
+        self._bar = _Tqdm(total=int(total) or None, desc=label, unit=unit, unit_scale=unit == "B", file=stream,
                          ascii=not self.interactive, dynamic_ncols=True, mininterval=0.1,
                          delay=0 if self.interactive else math.inf)
 

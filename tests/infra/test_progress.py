@@ -41,3 +41,12 @@ def test_cleared_bar_leaves_nothing_in_a_log_and_unknown_totals_work():
     bar.update(10_000)
     bar.clear()
     assert log.getvalue() == ""
+
+
+def test_a_bar_half_built_by_an_interrupt_is_destroyed_silently(capsys):
+    from mnist_classification.infra.progress import _Tqdm
+
+    half_built = _Tqdm.__new__(_Tqdm)  # what Ctrl-C inside tqdm.__init__ leaves for the garbage collector:
+    half_built.disable = False  # set early in __init__, before ``pos`` (plain tqdm raises AttributeError)
+    half_built.__del__()
+    assert capsys.readouterr().err == ""
