@@ -1,10 +1,12 @@
 """Evaluate stage: models/model.npz on data/prepared/test.npz -> metrics and plots.
 
-Writes metrics/eval.json (accuracy, loss, macro and per-class precision/recall/F1),
-plots/confusion.csv (actual,predicted class names, one row per test image, for
-DVC's confusion template), and the PNGs plots/loss_curve.png, plots/accuracy_plot.png
-(from plots/history.csv), plots/confusion_matrix.png and plots/misclassified.png.
-Every input is read and checked before the first output is written.
+Logs through DVCLive: its summary is metrics/eval.json (accuracy, loss, macro and
+per-class precision/recall/F1); dvclive/evaluate/plots/ holds the confusion data
+(sklearn/confusion_matrix.json: actual and predicted class names, one record per test
+image) and the PNGs images/loss_curve.png, images/accuracy_plot.png (from
+plots/history.csv), images/confusion_matrix.png and images/misclassified.png.
+Every input is read and checked before the first output is written, and all
+outputs are replaced together.
 """
 
 import sys
@@ -13,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from mnist_classification.data.preprocessing import load_prepared, standardise
-from mnist_classification.infra.atomic import all_or_nothing, write_csv, write_json
 from mnist_classification.infra.errors import PipelineError, run_cli
 from mnist_classification.infra.params import load_params
 from mnist_classification.nn.network import load_network
 from mnist_classification.reports.history import read_history
+from mnist_classification.reports.live import staged_live
 from mnist_classification.reports.metrics import classification_report, confusion_matrix
 from mnist_classification.reports.plotting import (
     plot_accuracy,
@@ -30,11 +32,7 @@ MODEL = Path("models/model.npz")
 TEST = Path("data/prepared/test.npz")
 HISTORY = Path("plots/history.csv")
 METRICS = Path("metrics/eval.json")
-CONFUSION_CSV = Path("plots/confusion.csv")
-LOSS_PNG = Path("plots/loss_curve.png")
-ACCURACY_PNG = Path("plots/accuracy_plot.png")
-CONFUSION_PNG = Path("plots/confusion_matrix.png")
-MISCLASSIFIED_PNG = Path("plots/misclassified.png")
+PLOTS = Path("dvclive/evaluate/plots")
 
 
 def main() -> None:
@@ -58,14 +56,16 @@ def main() -> None:
     predicted = probabilities.argmax(axis=1)
     report = classification_report(labels, predicted, probabilities, classes)
 
-    with all_or_nothing():  # metrics and every plot change together
-        write_json(METRICS, report)
-        write_csv(CONFUSION_CSV, ("actual", "predicted"),
-                  ((classes[a], classes[p]) for a, p in zip(labels.tolist(), predicted.tolist())))
-        plot_loss_curve(history, LOSS_PNG)
-        plot_accuracy(history, ACCURACY_PNG)
-        plot_confusion_matrix(confusion_matrix(labels, predicted, len(classes)), classes, CONFUSION_PNG)
-        plot_misclassified(images, labels, predicted, probabilities, classes, MISCLASSIFIED_PNG,
+    with staged_live(PLOTS, METRICS) as live:  # metrics and every plot change together, at the end
+        live.summary.update(report)
+        live.log_sklearn_plot("confusion_matrix", [classes[a] for a in labels.tolist()],
+                              [classes[p] for p in predicted.tolist()])
+        figures = Path(live.plots_dir) / "images"
+        plot_loss_curve(history, figures / "loss_curve.png")
+        plot_accuracy(history, figures / "accuracy_plot.png")
+        plot_confusion_matrix(confusion_matrix(labels, predicted, len(classes)), classes,
+                              figures / "confusion_matrix.png")
+        plot_misclassified(images, labels, predicted, probabilities, classes, figures / "misclassified.png",
                            params["evaluate"]["gallery_size"])
     print(f"evaluate: test accuracy={report['accuracy']:.4f} loss={report['loss']:.4f} on "
           f"{report['samples']} images; wrote {METRICS}", file=sys.stderr)

@@ -1,4 +1,10 @@
-"""Train stage: data/prepared -> models/model.npz, plots/history.csv, metrics/train.json."""
+"""Train stage: data/prepared -> models/model.npz, plots/history.csv, metrics/train.json, dvclive/train/.
+
+Every epoch is logged live through DVCLive to dvclive/train/ (metrics.json: the latest epoch;
+plots/metrics/: one TSV per metric), so `dvc exp show` and VS Code follow a running experiment.
+The model, its history and its final metrics (with the numerical environment) are written together
+at the end.
+"""
 
 import resource
 import sys
@@ -13,6 +19,7 @@ from mnist_classification.data.preprocessing import (
     standardised_black,
 )
 from mnist_classification.infra import atomic
+from mnist_classification.infra.environment import numerical_environment
 from mnist_classification.infra.errors import run_cli
 from mnist_classification.infra.params import load_params
 from mnist_classification.nn.augment import Augmenter
@@ -22,11 +29,16 @@ from mnist_classification.nn.optimizers import make_optimizer
 from mnist_classification.nn.schedules import Schedule
 from mnist_classification.nn.training import train
 from mnist_classification.reports.history import write_history
+from mnist_classification.reports.live import StageLive
 
 PREPARED = Path("data/prepared")
 MODEL = Path("models/model.npz")
 HISTORY = Path("plots/history.csv")
 METRICS = Path("metrics/train.json")
+LIVE = Path("dvclive/train")
+#: history column -> DVCLive metric name (dvclive/train/plots/metrics/NAME.tsv, metrics.json keys)
+LIVE_METRICS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy", "val_loss": "val/loss",
+                "val_accuracy": "val/accuracy", "lr": "lr"}
 
 
 def main() -> None:
@@ -46,29 +58,38 @@ def main() -> None:
                                     standardised_black(mean, std))
 
     # A diverging run overflows before train() notices the loss; its TrainingDiverged is the one message.
-    with np.errstate(over="ignore", invalid="ignore"):
-        result = train(network, optimizer, schedule, train_images, train_labels, val_images, val_labels,
-                       p["epochs"], p["batch_size"], p["patience"], np.random.default_rng([p["seed"], 2]),
-                       augment=augment, progress=True)
+    # An error or Ctrl-C anywhere in the block puts back the previous run's dvclive/train/ files.
+    with StageLive(LIVE) as live:
+        def log_epoch(row: dict) -> None:
+            live.step = row["epoch"]
+            for column, name in LIVE_METRICS.items():
+                live.log_metric(name, float(f"{row[column]:.6g}"))
+            live.next_step()
 
-    best = result.history[result.best_epoch - 1]
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with atomic.all_or_nothing():  # the model, its history and its metrics change together
-        network.save(MODEL)
-        write_history(HISTORY, result.history)
-        atomic.write_json(METRICS, {
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early,
-            "train_loss": round(best["train_loss"], 6),
-            "train_accuracy": round(best["train_accuracy"], 6),
-            "val_loss": round(best["val_loss"], 6),
-            "val_accuracy": round(best["val_accuracy"], 6),
-            "parameters": network.count_parameters(),
-            "train_seconds": round(result.seconds, 2),
-            "samples_per_second": round(result.samples_seen / result.seconds, 1),
-            "peak_memory_mib": round(peak_kib / 1024, 1),
-        })
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = train(network, optimizer, schedule, train_images, train_labels, val_images, val_labels,
+                           p["epochs"], p["batch_size"], p["patience"], np.random.default_rng([p["seed"], 2]),
+                           augment=augment, progress=True, on_epoch_end=log_epoch)
+
+        best = result.history[result.best_epoch - 1]
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with atomic.all_or_nothing():  # the model, its history and its metrics change together
+            network.save(MODEL)
+            write_history(HISTORY, result.history)
+            atomic.write_json(METRICS, {
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "stopped_early": result.stopped_early,
+                "train_loss": round(best["train_loss"], 6),
+                "train_accuracy": round(best["train_accuracy"], 6),
+                "val_loss": round(best["val_loss"], 6),
+                "val_accuracy": round(best["val_accuracy"], 6),
+                "parameters": network.count_parameters(),
+                "train_seconds": round(result.seconds, 2),
+                "samples_per_second": round(result.samples_seen / result.seconds, 1),
+                "peak_memory_mib": round(peak_kib / 1024, 1),
+                "environment": numerical_environment(),
+            })
     print(f"train: best epoch {result.best_epoch} val_accuracy={best['val_accuracy']:.4f}, "
           f"{result.seconds:.1f}s; wrote {MODEL}", file=sys.stderr)
 

@@ -233,7 +233,7 @@ def fetch_file(fspec: FileSpec, mirrors: Sequence[str], *, timeout: float = 30.0
     failures = []
     for mirror in mirrors:
         for attempt in range(retries + 1):
-            progress = ProgressBar(f"  {fspec.gz_name}", 0, stream=stream, format_count=_mb)
+            progress = ProgressBar(f"  {fspec.gz_name}", 0, stream=stream, unit="B")
             try:
                 if _is_url(mirror):
                     body = _http_get(mirror + fspec.gz_name, timeout, max_download_bytes, progress)

@@ -1,63 +1,71 @@
-"""A dependency-free progress bar on stderr.
+"""Progress bars on stderr, drawn by tqdm (installed with DVC).
 
-On a terminal it redraws one line in place; elsewhere (CI logs, DVC piping
-output to a file) it prints only the final line of each bar so logs stay short.
+On a terminal a bar redraws in place; elsewhere (CI logs, `dvc queue logs`, DVC
+piping output to a file) it prints nothing until it is closed, then one line, so
+logs stay short.
 """
 
 from __future__ import annotations
 
+import math
 import sys
-import time
-from typing import Callable, TextIO
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+class _Tqdm(tqdm):
+    """tqdm whose destructor tolerates a bar left half-built by Ctrl-C or SIGTERM inside ``__init__``
+    (tqdm's own would print an AttributeError traceback after the stage's one-line message)."""
+
+    def __del__(self) -> None:
+        try:
+            super().__del__()
+        except AttributeError:
+            pass
 
 
 class ProgressBar:
-    """``update(done, **fields)`` redraws ``label [#####.....] done/total fields``.
+    """``update(done, **fields)`` moves the bar to ``done`` of ``total`` and shows ``fields`` beside it.
 
     ``close(**fields)`` prints the final line (also when not on a terminal);
     ``clear()`` erases the bar instead, for callers that print their own summary.
     ``total`` may be 0 while unknown (a download before its headers arrive) and set later.
+    ``unit`` names what is counted; ``unit="B"`` shows byte counts as kB/MB.
     """
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None, width: int = 24,
-                 format_count: Callable[[int], str] = str, min_interval: float = 0.1) -> None:
-        self.label, self.total, self.width, self.format_count = label, int(total), width, format_count
-        self.stream = stream if stream is not None else sys.stderr
-        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.min_interval = min_interval
-        self.start = time.perf_counter()
-        self._last_draw = 0.0
-        self._done = 0
-        self._fields: dict = {}
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, unit: str = "it") -> None:
+        stream = stream if stream is not None else sys.stderr
+        self.interactive = bool(getattr(stream, "isatty", lambda: False)())
+        self._bar = _Tqdm(total=int(total) or None, desc=label, unit=unit, unit_scale=unit == "B", file=stream,
+                         ascii=not self.interactive, dynamic_ncols=True, mininterval=0.1,
+                         delay=0 if self.interactive else math.inf)
 
-    def _render(self) -> str:
-        if self.total > 0:
-            filled = int(self.width * min(self._done, self.total) / self.total)
-            bar = f"[{'#' * filled}{'.' * (self.width - filled)}] "
-            count = f"{self.format_count(self._done)}/{self.format_count(self.total)}"
-        else:
-            bar, count = "", self.format_count(self._done)
-        elapsed = time.perf_counter() - self.start
-        extra = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in self._fields.items())
-        return f"{self.label} {bar}{count} {elapsed:.1f}s {extra}".rstrip()
+    @property
+    def total(self) -> int:
+        return self._bar.total or 0
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._bar.total = int(value) or None
 
     def update(self, done: int, **fields) -> None:
-        self._done, self._fields = done, fields or self._fields
-        now = time.perf_counter()
-        finished = self.total > 0 and done >= self.total
-        if self.interactive and (now - self._last_draw >= self.min_interval or finished):
-            self.stream.write("\r\033[K" + self._render())
-            self.stream.flush()
-            self._last_draw = now
+        if fields:
+            self._bar.set_postfix(_format(fields), refresh=False)
+        self._bar.update(done - self._bar.n)
 
     def close(self, **fields) -> None:
-        if self.total > 0:
-            self._done = self.total
-        self._fields = fields or self._fields
-        self.stream.write(("\r\033[K" if self.interactive else "") + self._render() + "\n")
-        self.stream.flush()
+        if self._bar.total:
+            self._bar.n = self._bar.total
+        if fields:
+            self._bar.set_postfix(_format(fields), refresh=False)
+        self._bar.delay = 0  # logs: the one line this bar prints
+        self._bar.close()
 
     def clear(self) -> None:
-        if self.interactive:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        self._bar.leave = False
+        self._bar.close()
+
+
+def _format(fields: dict) -> dict[str, str]:
+    return {key: f"{value:.4f}" if isinstance(value, float) else str(value) for key, value in fields.items()}

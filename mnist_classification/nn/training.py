@@ -58,12 +58,13 @@ def train(network: Network, optimizer: Optimizer, schedule: Schedule,
           val_images: np.ndarray, val_labels: np.ndarray,
           epochs: int, batch_size: int, patience: int, rng: np.random.Generator,
           augment: Callable[[np.ndarray], np.ndarray] | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
     """Train ``network`` in place on standardised float32 images (N, H, W) and labels (N,) in 0..K-1.
 
     ``augment`` (optional) maps a training batch to an augmented batch of the
     same shape. ``patience`` 0 turns early stopping off (the best epoch's
-    weights are still restored).
+    weights are still restored). ``on_epoch_end`` (optional) is called with each
+    epoch's history row as soon as the epoch is validated (the train stage logs it live).
     """
     labels = train_labels.astype(np.intp)
     n = len(train_images)
@@ -77,7 +78,7 @@ def train(network: Network, optimizer: Optimizer, schedule: Schedule,
     since_best = 0
     for epoch in range(1, epochs + 1):
         order = rng.permutation(n)
-        bar = ProgressBar(f"epoch {epoch}/{epochs}", steps) if progress else None
+        bar = ProgressBar(f"epoch {epoch}/{epochs}", steps, unit="batch") if progress else None
         epoch_loss, epoch_correct = 0.0, 0
         for step in range(steps):
             index = order[step * batch_size:(step + 1) * batch_size]
@@ -107,6 +108,8 @@ def train(network: Network, optimizer: Optimizer, schedule: Schedule,
         result.samples_seen += n
         result.history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
                                "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": optimizer.lr})
+        if on_epoch_end is not None:
+            on_epoch_end(result.history[-1])
         if bar is not None:
             bar.close(loss=train_loss, acc=train_accuracy, val_loss=val_loss, val_acc=val_accuracy)
         if val_accuracy > result.best_val_accuracy:

@@ -1,2 +1,2 @@
-"""Reports: evaluation metrics, plots and the training-history file.
+"""Reports: evaluation metrics, plots, the training-history file and the stages' DVCLive loggers.
 """

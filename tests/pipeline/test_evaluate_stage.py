@@ -1,6 +1,5 @@
 """The evaluate stage end to end, run as DVC runs it: a subprocess in the project root."""
 
-import csv
 import json
 import shutil
 import subprocess
@@ -17,8 +16,10 @@ from mnist_classification.nn.network import build_network
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "stages" / "evaluate.py"
 CLASSES = [str(i) for i in range(10)]
-OUTPUTS = ["metrics/eval.json", "plots/confusion.csv", "plots/loss_curve.png", "plots/accuracy_plot.png",
-           "plots/confusion_matrix.png", "plots/misclassified.png"]
+PLOTS = "dvclive/evaluate/plots"
+OUTPUTS = ["metrics/eval.json", f"{PLOTS}/sklearn/confusion_matrix.json", f"{PLOTS}/images/loss_curve.png",
+           f"{PLOTS}/images/accuracy_plot.png", f"{PLOTS}/images/confusion_matrix.png",
+           f"{PLOTS}/images/misclassified.png"]
 N_TEST = 120
 
 
@@ -71,15 +72,14 @@ def test_eval_json(evaluated):
     assert sum(entry["support"] for entry in report["per_class"].values()) == N_TEST
 
 
-def test_confusion_csv_has_class_names(evaluated):
+def test_confusion_data_has_class_names(evaluated):
     root, _ = evaluated
-    with open(root / "plots" / "confusion.csv", newline="") as handle:
-        rows = list(csv.reader(handle))
-    assert rows[0] == ["actual", "predicted"]
-    assert len(rows) == N_TEST + 1
-    assert all(a in CLASSES and p in CLASSES for a, p in rows[1:])
+    records = json.loads((root / PLOTS / "sklearn" / "confusion_matrix.json").read_text())
+    rows = [(record["actual"], record["predicted"]) for record in records]
+    assert len(rows) == N_TEST
+    assert all(a in CLASSES and p in CLASSES for a, p in rows)
     report = json.loads((root / "metrics" / "eval.json").read_text())
-    correct = sum(a == p for a, p in rows[1:])
+    correct = sum(a == p for a, p in rows)
     assert report["accuracy"] == pytest.approx(correct / N_TEST, abs=1e-6)
 
 

@@ -166,7 +166,7 @@ def test_plots_diff_overlays_every_experiment(sweep):
     confusion = specs["Confusion"]["data"]["values"]
     assert all(sum(value["rev"] == name for value in confusion) == 100 for name in names)  # 100 test images
     for name in names:  # and every experiment's own figures
-        assert (out / "static" / f"{name}_plots_confusion_matrix.png").is_file()
+        assert (out / "static" / f"{name}_dvclive_evaluate_plots_images_confusion_matrix.png").is_file()
 
 
 def test_cache_links_outputs_instead_of_copying(sweep):

@@ -590,9 +590,11 @@ def test_all_or_nothing_writes_everything_at_the_end(tmp_path):
 def test_evaluate_failing_on_its_last_plot_changes_no_output(project):
     """The gallery of misclassified images is the evaluate stage's last output."""
     root, env = project
-    outputs = ["metrics/eval.json", "plots/confusion.csv", "plots/loss_curve.png", "plots/accuracy_plot.png",
-               "plots/confusion_matrix.png"]
+    plots = "dvclive/evaluate/plots"
+    outputs = ["metrics/eval.json", f"{plots}/sklearn/confusion_matrix.json", f"{plots}/images/loss_curve.png",
+               f"{plots}/images/accuracy_plot.png", f"{plots}/images/confusion_matrix.png"]
     for name in outputs:  # stand-ins that a real evaluate run would replace
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(f"previous {name}\n")
     before = snapshot(root)
     sitecustomize = root.parent / "failing_gallery"

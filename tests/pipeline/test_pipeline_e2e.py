@@ -23,9 +23,12 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
     project, env, first = project
     assert ran(first.stdout) == set(STAGES)
     for path in ["data/raw/train-images-idx3-ubyte.gz", "data/raw/dataset.json", "data/prepared/train.npz",
-                 "data/prepared/meta.json", "models/model.npz", "plots/history.csv", "plots/confusion.csv",
-                 "plots/loss_curve.png", "plots/accuracy_plot.png", "plots/confusion_matrix.png",
-                 "plots/misclassified.png", "metrics/train.json", "metrics/eval.json", "dvc.lock"]:
+                 "data/prepared/meta.json", "models/model.npz", "plots/history.csv", "dvclive/train/metrics.json",
+                 "dvclive/train/plots/metrics/val/accuracy.tsv", "dvclive/evaluate/plots/sklearn/confusion_matrix.json",
+                 "dvclive/evaluate/plots/images/loss_curve.png", "dvclive/evaluate/plots/images/accuracy_plot.png",
+                 "dvclive/evaluate/plots/images/confusion_matrix.png",
+                 "dvclive/evaluate/plots/images/misclassified.png", "metrics/train.json", "metrics/eval.json",
+                 "dvc.lock"]:
         assert (project / path).is_file(), path
     evaluation = json.loads((project / "metrics/eval.json").read_text())
     assert evaluation["accuracy"] > 0.5  # the synthetic classes are easy
@@ -33,8 +36,14 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
     history = (project / "plots/history.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr"
     assert len(history) == 1 + 3
-    confusion = (project / "plots/confusion.csv").read_text().splitlines()
-    assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 100
+    # DVCLive's per-epoch history (step = epoch) and its record of the last epoch, as dvc exp show reads it
+    live_history = (project / "dvclive/train/plots/metrics/val/accuracy.tsv").read_text().splitlines()
+    assert live_history[0] == "step\taccuracy" and [row.split("\t")[0] for row in live_history[1:]] == ["1", "2", "3"]
+    live = json.loads((project / "dvclive/train/metrics.json").read_text())
+    assert live["step"] == 3 and set(live) == {"step", "train", "val", "lr"}
+    assert float(live_history[-1].split("\t")[1]) == live["val"]["accuracy"]
+    confusion = json.loads((project / "dvclive/evaluate/plots/sklearn/confusion_matrix.json").read_text())
+    assert len(confusion) == 100 and set(confusion[0]) == {"actual", "predicted"}
 
 
 def test_second_repro_reruns_nothing(project):
