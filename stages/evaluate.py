@@ -1,10 +1,13 @@
 """Evaluate stage: models/model.npz on data/prepared/test.npz -> metrics and plots.
 
 Logs through DVCLive: its summary is metrics/eval.json (accuracy, loss, macro and
-per-class precision/recall/F1); dvclive/evaluate/plots/ holds the confusion data
+per-class precision/recall/F1, and ``ece``, the expected calibration error over 15
+confidence bins); dvclive/evaluate/plots/ holds the confusion data
 (sklearn/confusion_matrix.json: actual and predicted class names, one record per test
-image) and the PNGs images/loss_curve.png, images/accuracy_plot.png (from
-plots/history.csv), images/confusion_matrix.png and images/misclassified.png.
+image), the reliability diagram's bins (custom/reliability.json: mean confidence,
+accuracy and image count per non-empty bin) and the PNGs images/loss_curve.png,
+images/accuracy_plot.png (from plots/history.csv), images/confusion_matrix.png,
+images/reliability.png and images/misclassified.png.
 Every input is read and checked before the first output is written, and all
 outputs are replaced together.
 """
@@ -18,6 +21,7 @@ from mnist_classification.data.preprocessing import load_prepared, standardise
 from mnist_classification.infra.errors import PipelineError, run_cli
 from mnist_classification.infra.params import load_params
 from mnist_classification.nn.network import load_network
+from mnist_classification.reports.calibration import reliability
 from mnist_classification.reports.history import read_history
 from mnist_classification.reports.live import staged_live
 from mnist_classification.reports.metrics import classification_report, confusion_matrix
@@ -26,6 +30,7 @@ from mnist_classification.reports.plotting import (
     plot_confusion_matrix,
     plot_loss_curve,
     plot_misclassified,
+    plot_reliability,
 )
 
 MODEL = Path("models/model.npz")
@@ -55,16 +60,25 @@ def main() -> None:
                             "overflow); retrain it with a smaller train.lr (dvc repro)")
     predicted = probabilities.argmax(axis=1)
     report = classification_report(labels, predicted, probabilities, classes)
+    calibration = reliability(probabilities, labels)
+    report["ece"] = round(calibration.expected_calibration_error, 6)
 
     with staged_live(PLOTS, METRICS) as live:  # metrics and every plot change together, at the end
         live.summary.update(report)
         live.log_sklearn_plot("confusion_matrix", [classes[a] for a in labels.tolist()],
                               [classes[p] for p in predicted.tolist()])
+        filled = calibration.count > 0
+        live.log_plot("reliability", [
+            {"confidence": round(float(c), 6), "accuracy": round(float(a), 6), "images": int(n)}
+            for c, a, n in zip(calibration.confidence[filled], calibration.accuracy[filled],
+                               calibration.count[filled])],
+            x="confidence", y="accuracy", template="linear")
         figures = Path(live.plots_dir) / "images"
         plot_loss_curve(history, figures / "loss_curve.png")
         plot_accuracy(history, figures / "accuracy_plot.png")
         plot_confusion_matrix(confusion_matrix(labels, predicted, len(classes)), classes,
                               figures / "confusion_matrix.png")
+        plot_reliability(calibration, figures / "reliability.png", "Test-set reliability")
         plot_misclassified(images, labels, predicted, probabilities, classes, figures / "misclassified.png",
                            params["evaluate"]["gallery_size"])
     print(f"evaluate: test accuracy={report['accuracy']:.4f} loss={report['loss']:.4f} on "

@@ -19,7 +19,8 @@ CLASSES = [str(i) for i in range(10)]
 PLOTS = "dvclive/evaluate/plots"
 OUTPUTS = ["metrics/eval.json", f"{PLOTS}/sklearn/confusion_matrix.json", f"{PLOTS}/images/loss_curve.png",
            f"{PLOTS}/images/accuracy_plot.png", f"{PLOTS}/images/confusion_matrix.png",
-           f"{PLOTS}/images/misclassified.png"]
+           f"{PLOTS}/images/misclassified.png", f"{PLOTS}/images/reliability.png",
+           f"{PLOTS}/custom/reliability.json"]
 N_TEST = 120
 
 
@@ -70,6 +71,16 @@ def test_eval_json(evaluated):
     assert report["samples"] == N_TEST
     assert set(report["per_class"]) == set(CLASSES)
     assert sum(entry["support"] for entry in report["per_class"].values()) == N_TEST
+
+
+def test_ece_agrees_with_the_reliability_bins(evaluated):
+    root, _ = evaluated
+    report = json.loads((root / "metrics" / "eval.json").read_text())
+    bins = json.loads((root / PLOTS / "custom" / "reliability.json").read_text())
+    assert sum(row["images"] for row in bins) == N_TEST
+    assert all(0 <= row["confidence"] <= 1 and 0 <= row["accuracy"] <= 1 for row in bins)
+    ece = sum(row["images"] / N_TEST * abs(row["accuracy"] - row["confidence"]) for row in bins)
+    assert report["ece"] == pytest.approx(ece, abs=1e-5)
 
 
 def test_confusion_data_has_class_names(evaluated):

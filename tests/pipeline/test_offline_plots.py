@@ -24,8 +24,8 @@ from pipeline_helpers import ROOT, make_project, project_env, run, write_mirror
 RUNNER = Path(__file__).resolve().parent / "browser" / "render_check.mjs"
 NODE_FILES = ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js",
               "playwright-core/package.json")
-VEGA_PLOTS = ["Loss", "Accuracy", "Learning_rate", "Confusion"]  # the ids DVC gives dvc.yaml's plots
-IMAGES = ["accuracy_plot", "confusion_matrix", "loss_curve", "misclassified"]
+VEGA_PLOTS = ["Loss", "Accuracy", "Learning_rate", "Confusion", "Reliability"]  # the ids DVC gives dvc.yaml's plots
+IMAGES = ["accuracy_plot", "confusion_matrix", "loss_curve", "misclassified", "reliability"]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
                  "dvclive/train/plots/metrics/val/accuracy.tsv", "dvclive/evaluate/plots/sklearn/confusion_matrix.json",
                  "dvclive/evaluate/plots/images/loss_curve.png", "dvclive/evaluate/plots/images/accuracy_plot.png",
                  "dvclive/evaluate/plots/images/confusion_matrix.png",
-                 "dvclive/evaluate/plots/images/misclassified.png", "metrics/train.json", "metrics/eval.json",
+                 "dvclive/evaluate/plots/images/misclassified.png",
+                 "dvclive/evaluate/plots/images/reliability.png", "metrics/train.json", "metrics/eval.json",
                  "dvc.lock"]:
         assert (project / path).is_file(), path
     evaluation = json.loads((project / "metrics/eval.json").read_text())
