@@ -160,7 +160,7 @@ def test_plots_diff_overlays_every_experiment(sweep):
     assert "cdn.jsdelivr.net/npm/vega@5.20.2" not in page  # the project's offline template was used
     specs = {plot_id: json.loads(spec)
              for spec, plot_id in re.findall(r"var spec = (.*?);\s*vegaEmbed\('#([^']+)'", page, re.DOTALL)}
-    assert set(specs) == {"Loss", "Accuracy", "Learning_rate", "Confusion"}
+    assert set(specs) == {"Loss", "Accuracy", "Learning_rate", "Confusion", "Reliability"}
     for plot_id, spec in specs.items():  # one overlaid curve (or confusion facet) per experiment
         assert {value["rev"] for value in spec["data"]["values"]} == {"HEAD", *names}, plot_id
     confusion = specs["Confusion"]["data"]["values"]
