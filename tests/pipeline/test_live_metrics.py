@@ -17,9 +17,25 @@ LIVE = "dvclive/train/metrics.json"
 EPOCHS = 300  # about 15 ms each on 3,000 synthetic images: long enough to watch, short enough to wait for
 
 
+#: Seconds one `dvc exp show` may take. DVC's git backend (pygit2 1.21) can deadlock reading a blob
+#: (pygit2 issue 1488, "BlobIO cleanup deadlock"); a poll that hangs is killed and counts as failed.
+SHOW_TIMEOUT = 60
+
+
+def _exp_show(project, env) -> subprocess.CompletedProcess | None:
+    """`dvc exp show --json`, or None when it hangs past SHOW_TIMEOUT (it is killed)."""
+    try:
+        return subprocess.run(["dvc", "exp", "show", "--json"], cwd=project, env=env, capture_output=True,
+                              text=True, timeout=SHOW_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def _running_steps(project, env) -> tuple[list[int], bool]:
     """The live step of every running experiment, and whether any experiment has finished."""
-    result = run(["dvc", "exp", "show", "--json"], project, env, check=False)
+    result = _exp_show(project, env)
+    if result is None:
+        return [], False
     if result.returncode != 0:
         # DVC fails now and then while a finishing experiment's temporary workspace is being removed
         # ("No such file or directory: .dvc/tmp/exps/tmp..."); the next poll sees the finished experiment.
@@ -59,7 +75,12 @@ def test_queued_experiment_shows_its_epochs_while_it_runs(tmp_path):
     assert len(set(seen)) >= 2, f"live steps seen while running: {seen}"
     assert seen == sorted(seen)
 
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project, env).stdout)
+    for _ in range(3):  # after the run, retried only if DVC hangs (see SHOW_TIMEOUT)
+        final = _exp_show(project, env)
+        if final is not None:
+            break
+    assert final is not None and final.returncode == 0, final and final.stderr
+    shown = json.loads(final.stdout)
     done = [experiment for row in shown for experiment in row.get("experiments") or []]
     assert [(experiment.get("executor") or {}).get("state", "success") for experiment in done] == ["success"]
     metrics = done[0]["revs"][0]["data"]["metrics"]
