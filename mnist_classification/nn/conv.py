@@ -67,6 +67,10 @@ INFERENCE_COLUMN_BUDGET = 1 << 25
 #: How Conv2D computes: "im2col" (the reference) or "winograd" (F(2x2, 3x3), 3x3 kernels only).
 METHODS = ("im2col", "winograd")
 
+#: The winograd method convolves inputs with fewer channels than this by one product with the
+#: nine shifted copies of the input instead (same layout; Winograd's transforms would dominate).
+DIRECT_BELOW = 4
+
 #: Scratch arrays of the Winograd convolutions, shared by all layers (none lives across calls).
 _WINOGRAD_SCRATCH = Workspace()
 
@@ -196,20 +200,29 @@ class Conv2D(Layer):
         xs = spatial_major(x)  # (H, W, N, C)
         h, w, n, c = xs.shape
         weight = self.params["W"]
+        dtype = np.result_type(x.dtype, weight.dtype)
+        if c < DIRECT_BELOW:
+            cols = self._work.get("v", (h, w, n, 9, c), dtype)
+            self._tiles = ("direct", cols) if training else None
+            return from_spatial_major(winograd.direct_forward(xs, weight, self.params["b"], cols, _WINOGRAD_SCRATCH))
         u = winograd.transform_weights(weight.reshape(self.out_channels, c, 3, 3))
         v = None
         if training:
             ty, tx = winograd.tiles(h, w)
-            v = self._work.get("v", (16, ty * tx * n, c), np.result_type(x.dtype, weight.dtype))
+            v = self._work.get("v", (16, ty * tx * n, c), dtype)
         self._tiles = (u, v) if training else None
         return from_spatial_major(winograd.forward(xs, u, self.params["b"], _WINOGRAD_SCRATCH, v))
 
     def _winograd_backward(self, grad_out):
         (u, v), self._tiles = self._tiles, None
         dy = spatial_major(grad_out)  # (H, W, N, F)
-        du = np.empty_like(u)
-        dx = winograd.backward(dy, u, v, du, _WINOGRAD_SCRATCH, self.needs_input_grad)
-        winograd.weight_grad(du, self.grads["W"].reshape(self.out_channels, self.in_channels, 3, 3))
+        grad_w = self.grads["W"].reshape(self.out_channels, self.in_channels, 3, 3)
+        if isinstance(u, str):  # the direct product, v its nine shifted copies
+            dx = winograd.direct_backward(dy, self.params["W"], v, grad_w, _WINOGRAD_SCRATCH, self.needs_input_grad)
+        else:
+            du = np.empty_like(u)
+            dx = winograd.backward(dy, u, v, du, _WINOGRAD_SCRATCH, self.needs_input_grad)
+            winograd.weight_grad(du, grad_w)
         np.sum(dy.reshape(-1, self.out_channels), axis=0, out=self.grads["b"])
         return None if dx is None else from_spatial_major(dx)
 

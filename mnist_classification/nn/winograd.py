@@ -199,3 +199,46 @@ def backward(dy: np.ndarray, u: np.ndarray, v: np.ndarray, du: np.ndarray, work:
         if carried is not None:
             padded[2 * t0:2 * t0 + 2] += carried
     return np.ascontiguousarray(padded[1:h + 1, 1:w + 1]) if input_grad else None
+
+
+def direct_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, cols: np.ndarray,
+                   work: Workspace) -> np.ndarray:
+    """'Same' 3x3 convolution of spatial-major x (H, W, N, C) with ``weight`` (F, C * 9 or C, 3, 3)
+    -> new y (H, W, N, F), as one product
+    with its nine shifted copies, ``cols`` (H, W, N, 9, C), which :func:`direct_backward` reuses.
+
+    For few input channels (the first layer: C = 1) this beats Winograd, whose transforms cost
+    the same whatever C while its products shrink with it.
+    """
+    h, w, n, c = x.shape
+    f = weight.shape[0]
+    padded = work.get("padded", (h + 2, w + 2, n, c), cols.dtype)
+    padded[[0, -1]] = 0
+    padded[1:-1, [0, -1]] = 0
+    padded[1:-1, 1:-1] = x
+    for k in range(9):
+        cols[:, :, :, k] = padded[k // 3:k // 3 + h, k % 3:k % 3 + w]
+    taps = weight.reshape(f, c, 9).transpose(2, 1, 0).reshape(9 * c, f)  # row 9-tap k, channel c: k * C + c
+    y = cols.reshape(h * w * n, 9 * c) @ taps
+    y += bias
+    return y.reshape(h, w, n, f)
+
+
+def direct_backward(dy: np.ndarray, weight: np.ndarray, cols: np.ndarray, grad_w: np.ndarray,
+                    work: Workspace, input_grad: bool = True) -> np.ndarray | None:
+    """Gradients of :func:`direct_forward`: dW (F, C, 3, 3) into ``grad_w``; dx (H, W, N, C) returned
+    (None unless ``input_grad``)."""
+    h, w, n, f = dy.shape
+    c = cols.shape[-1]
+    dy2 = dy.reshape(h * w * n, f)
+    cols2 = cols.reshape(h * w * n, 9 * c)
+    grad_w[...] = (cols2.T @ dy2).reshape(9, c, f).transpose(2, 1, 0).reshape(grad_w.shape)
+    if not input_grad:
+        return None
+    taps = weight.reshape(f, c, 9).transpose(2, 1, 0).reshape(9 * c, f)
+    dcols = (dy2 @ taps.T).reshape(h, w, n, 9, c)
+    padded = work.get("padded", (h + 2, w + 2, n, c), dcols.dtype)
+    padded[...] = 0
+    for k in range(9):
+        padded[k // 3:k // 3 + h, k % 3:k % 3 + w] += dcols[:, :, :, k]
+    return np.ascontiguousarray(padded[1:-1, 1:-1])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from gradcheck import check_layer
 
+import mnist_classification.nn.conv as conv
 import mnist_classification.nn.winograd as winograd
 from mnist_classification.infra.params import validate
 from mnist_classification.nn.batchnorm import BatchNorm2D
@@ -15,6 +16,13 @@ from mnist_classification.nn.network import build_network, layer_from_config
 SHAPES = [  # (N, C, F, H, W): even and odd sizes, one input channel, the default CNN's layers (small N)
     (2, 3, 4, 6, 6), (3, 2, 3, 5, 7), (2, 1, 5, 4, 4), (1, 2, 2, 1, 1), (4, 32, 32, 28, 28), (4, 64, 64, 14, 14),
 ]
+
+
+@pytest.fixture(params=["winograd", "direct"])
+def path(request, monkeypatch):
+    """Run a test through the Winograd transforms and through the direct product for few channels."""
+    monkeypatch.setattr(conv, "DIRECT_BELOW", 0 if request.param == "winograd" else 1000)
+    return request.param
 
 
 def _pair(c, f, seed=0):
@@ -41,7 +49,7 @@ def _assert_float32_close(actual, expected):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("block", [winograd.BLOCK_ELEMENTS, 64], ids=["one-block", "many-blocks"])
-def test_winograd_matches_im2col_forward_and_backward(shape, block, monkeypatch):
+def test_winograd_matches_im2col_forward_and_backward(shape, block, monkeypatch, path):
     monkeypatch.setattr(winograd, "BLOCK_ELEMENTS", block)
     n, c, f, h, w = shape
     rng = np.random.default_rng(3)
@@ -57,15 +65,15 @@ def test_winograd_matches_im2col_forward_and_backward(shape, block, monkeypatch)
     _assert_float32_close(fast.forward(x, training=False), y1)
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 3, 4, 4), (2, 2, 2, 3, 5), (1, 1, 2, 2, 3)], ids=str)
-def test_winograd_gradients(shape, monkeypatch):
+@pytest.mark.parametrize("shape", [(2, 2, 3, 4, 4), (2, 3, 2, 3, 5), (1, 1, 2, 2, 3)], ids=str)
+def test_winograd_gradients(shape, monkeypatch, path):
     monkeypatch.setattr(winograd, "BLOCK_ELEMENTS", 32)  # several blocks of tile rows
     n, c, f, h, w = shape
     layer = _pair(c, f, seed=4)[1]
     check_layer(layer, np.random.default_rng(5).standard_normal((n, c, h, w)))
 
 
-def test_winograd_first_layer_skips_input_gradient_and_needs_a_training_forward():
+def test_winograd_first_layer_skips_input_gradient_and_needs_a_training_forward(path):
     reference, fast = _pair(1, 4)
     x = np.random.default_rng(6).standard_normal((3, 1, 6, 6)).astype(np.float32)
     g = np.ones((3, 4, 6, 6), dtype=np.float32)
@@ -79,7 +87,7 @@ def test_winograd_first_layer_skips_input_gradient_and_needs_a_training_forward(
         fast.backward(g)
 
 
-def test_winograd_outputs_survive_later_batches_and_batch_size_changes():
+def test_winograd_outputs_survive_later_batches_and_batch_size_changes(path):
     layer = _pair(2, 3)[1]
     rng = np.random.default_rng(7)
     x1, x2 = rng.standard_normal((2, 4, 2, 6, 6)).astype(np.float32)
@@ -93,7 +101,7 @@ def test_winograd_outputs_survive_later_batches_and_batch_size_changes():
     np.testing.assert_allclose(layer.forward(x1, training=True), y1, rtol=1e-6)
 
 
-def test_winograd_hands_on_spatial_major_memory_and_neighbours_accept_it():
+def test_winograd_hands_on_spatial_major_memory_and_neighbours_accept_it(path):
     # Batch norm and pooling give the same values and gradients on spatial-major memory as on plain
     # (N, C, H, W) arrays (whose gradients test_conv.py checks numerically), and keep the layout.
     rng = np.random.default_rng(8)
