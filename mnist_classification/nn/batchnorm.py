@@ -23,6 +23,7 @@ from mnist_classification.nn.layout import (
     is_spatial_major,
     spatial_major,
 )
+from mnist_classification.nn.workspace import Workspace
 
 
 class BatchNorm2D(Layer):
@@ -47,6 +48,7 @@ class BatchNorm2D(Layer):
                       "running_mean": np.zeros(self.channels, dtype=FLOAT),
                       "running_var": np.ones(self.channels, dtype=FLOAT)}
         self.adopt(arrays)
+        self._work = Workspace()
 
     def _per_channel(self, x: np.ndarray, like_cache: bool = False) -> tuple[np.ndarray, int]:
         """x (N, C, H, W) as a matrix holding one channel per row (C, M) or per column (M, C), whichever
@@ -56,6 +58,12 @@ class BatchNorm2D(Layer):
         if spatial:
             return spatial_major(x).reshape(-1, self.channels), 0
         return channel_major(x).reshape(self.channels, -1), 1
+
+    def _sums(self, a: np.ndarray, axis: int) -> np.ndarray:
+        """Per-channel sums of a matrix from :meth:`_per_channel`, as a product with a vector of ones
+        (BLAS: several times faster than ``sum`` over the long axis of a (M, C) matrix)."""
+        ones = self._work.ones(a.shape[axis], a.dtype)
+        return ones @ a if axis == 0 else a @ ones
 
     def _restore(self, a: np.ndarray, shape: tuple[int, ...], spatial: bool) -> np.ndarray:
         """The (N, C, H, W) view of a matrix from :meth:`_per_channel`."""
@@ -71,10 +79,10 @@ class BatchNorm2D(Layer):
         dtype = np.result_type(x.dtype, gamma.dtype)
         count = x2.shape[axis]
         if training:
-            mean = (x2.sum(axis=axis) / count).astype(dtype, copy=False)
+            mean = (self._sums(x2, axis) / count).astype(dtype, copy=False)
             xhat = np.subtract(x2, along(mean), dtype=dtype)
             out = np.square(xhat)
-            var = (out.sum(axis=axis) / count).astype(dtype, copy=False)
+            var = (self._sums(out, axis) / count).astype(dtype, copy=False)
             inv_std = 1 / np.sqrt(var + dtype.type(self.eps))
             xhat *= along(inv_std)
             np.multiply(xhat, along(gamma), out=out)
@@ -106,8 +114,8 @@ class BatchNorm2D(Layer):
         else:
             xhat = (saved - along(self.buffers["running_mean"])) * along(inv_std)
         product = g2 * xhat
-        dgamma = product.sum(axis=axis)
-        dbeta = g2.sum(axis=axis)
+        dgamma = self._sums(product, axis)
+        dbeta = self._sums(g2, axis)
         self.grads["gamma"][...] = dgamma
         self.grads["beta"][...] = dbeta
         if not self.needs_input_grad:

@@ -223,7 +223,8 @@ class Conv2D(Layer):
             du = np.empty_like(u)
             dx = winograd.backward(dy, u, v, du, _WINOGRAD_SCRATCH, self.needs_input_grad)
             winograd.weight_grad(du, grad_w)
-        np.sum(dy.reshape(-1, self.out_channels), axis=0, out=self.grads["b"])
+        dy2 = dy.reshape(-1, self.out_channels)
+        np.matmul(_WINOGRAD_SCRATCH.ones(len(dy2), dy2.dtype), dy2, out=self.grads["b"])
         return None if dx is None else from_spatial_major(dx)
 
     def backward(self, grad_out):

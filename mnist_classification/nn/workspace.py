@@ -22,3 +22,10 @@ class Workspace:
             array = np.empty(size, dtype=dtype)
             self._arrays[name] = array
         return array[:size].reshape(shape)
+
+    def ones(self, length: int, dtype) -> np.ndarray:
+        """A vector of ``length`` ones (for sums as matrix products); never write into it."""
+        array = self._arrays.get("ones")
+        if array is None or array.dtype != dtype or array.size < length:
+            array = self._arrays["ones"] = np.ones(length, dtype=dtype)
+        return array[:length]
