@@ -26,6 +26,10 @@ from mnist_classification.nn.layout import (
 from mnist_classification.nn.workspace import Workspace
 
 
+#: Spatial-major batches are normalised as rows of about this many values (see BatchNorm2D._per_channel).
+FOLD_WIDTH = 1024
+
+
 class BatchNorm2D(Layer):
     """Per-channel batch normalisation of (N, C, H, W) feature maps, in their memory layout
     (channel-major or spatial-major, see :mod:`.layout`; other layouts are copied once)."""
@@ -48,22 +52,32 @@ class BatchNorm2D(Layer):
                       "running_mean": np.zeros(self.channels, dtype=FLOAT),
                       "running_var": np.ones(self.channels, dtype=FLOAT)}
         self.adopt(arrays)
-        self._work = Workspace()
+        self._work = Workspace()  # the ones vector of _sums
+        self._fold = 1
 
     def _per_channel(self, x: np.ndarray, like_cache: bool = False) -> tuple[np.ndarray, int]:
-        """x (N, C, H, W) as a matrix holding one channel per row (C, M) or per column (M, C), whichever
-        its memory layout gives without a copy, and the axis that runs over a channel's values.
-        With ``like_cache``, the layout of the training forward's input (for its gradient)."""
+        """x (N, C, H, W) as a matrix in its own memory layout (no copy) and the axis along which a
+        channel's values run: channel-major gives (C, M), one channel per row (axis 1);
+        spatial-major gives (M / r, r * C), r pixels' channels per row (axis 0), where r folds
+        pixels together so that per-channel broadcasts run over rows of about FOLD_WIDTH values
+        rather than C. With ``like_cache``, the layout of the training forward's input."""
         spatial = self._layout[1] == 0 if like_cache else is_spatial_major(x)
         if spatial:
-            return spatial_major(x).reshape(-1, self.channels), 0
+            xs = spatial_major(x)
+            self._fold = math.gcd(xs.size // self.channels, max(1, FOLD_WIDTH // self.channels))
+            return xs.reshape(-1, self._fold * self.channels), 0
         return channel_major(x).reshape(self.channels, -1), 1
 
+    def _along(self, v: np.ndarray, axis: int) -> np.ndarray:
+        """Per-channel values (C,) shaped to broadcast against a matrix from :meth:`_per_channel`."""
+        return np.tile(v, self._fold)[None, :] if axis == 0 else v[:, None]
+
     def _sums(self, a: np.ndarray, axis: int) -> np.ndarray:
-        """Per-channel sums of a matrix from :meth:`_per_channel`, as a product with a vector of ones
-        (BLAS: several times faster than ``sum`` over the long axis of a (M, C) matrix)."""
-        ones = self._work.ones(a.shape[axis], a.dtype)
-        return ones @ a if axis == 0 else a @ ones
+        """Per-channel sums (C,) of a matrix from :meth:`_per_channel`, as a product with a vector of
+        ones (BLAS: several times faster than ``sum`` over the long axis of a narrow matrix)."""
+        if axis == 0:
+            return (self._work.ones(len(a), a.dtype) @ a).reshape(self._fold, self.channels).sum(axis=0)
+        return a @ self._work.ones(a.shape[1], a.dtype)
 
     def _restore(self, a: np.ndarray, shape: tuple[int, ...], spatial: bool) -> np.ndarray:
         """The (N, C, H, W) view of a matrix from :meth:`_per_channel`."""
@@ -74,10 +88,11 @@ class BatchNorm2D(Layer):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"BatchNorm2D expects (N, {self.channels}, H, W), got {x.shape}")
         x2, axis = self._per_channel(x)
-        along = (lambda v: v[None, :]) if axis == 0 else (lambda v: v[:, None])
+        def along(v):
+            return self._along(v, axis)
         gamma, beta = self.params["gamma"], self.params["beta"]
         dtype = np.result_type(x.dtype, gamma.dtype)
-        count = x2.shape[axis]
+        count = x2.size // self.channels
         if training:
             mean = (self._sums(x2, axis) / count).astype(dtype, copy=False)
             xhat = np.subtract(x2, along(mean), dtype=dtype)
@@ -108,7 +123,8 @@ class BatchNorm2D(Layer):
         training, saved, inv_std = self._cache
         shape, axis = self._layout
         g2, _ = self._per_channel(grad_out, like_cache=True)
-        along = (lambda v: v[None, :]) if axis == 0 else (lambda v: v[:, None])
+        def along(v):
+            return self._along(v, axis)
         if training:
             xhat = saved
         else:
@@ -123,7 +139,7 @@ class BatchNorm2D(Layer):
         scale = self.params["gamma"] * inv_std
         if training:
             # dx = gamma / std * (dy - mean(dy) - xhat * mean(dy * xhat))
-            count = g2.shape[axis]
+            count = g2.size // self.channels
             dx = np.multiply(g2, along(scale), dtype=product.dtype)
             np.multiply(xhat, along(-scale * dgamma / count), out=product)
             dx += product

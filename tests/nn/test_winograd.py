@@ -101,24 +101,27 @@ def test_winograd_outputs_survive_later_batches_and_batch_size_changes(path):
     np.testing.assert_allclose(layer.forward(x1, training=True), y1, rtol=1e-6)
 
 
-def test_winograd_hands_on_spatial_major_memory_and_neighbours_accept_it(path):
+@pytest.mark.parametrize("c", [3, 4], ids=["unfolded", "folded"])  # batch norm folds 256 pixels x 4 channels per row
+def test_winograd_hands_on_spatial_major_memory_and_neighbours_accept_it(path, c):
     # Batch norm and pooling give the same values and gradients on spatial-major memory as on plain
     # (N, C, H, W) arrays (whose gradients test_conv.py checks numerically), and keep the layout.
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
-    y = _pair(3, 3)[1].forward(x, training=True)
+    x = rng.standard_normal((4, c, 8, 8)).astype(np.float32)
+    y = _pair(c, c)[1].forward(x, training=True)
     assert is_spatial_major(y) and not y.flags.c_contiguous
-    for make in (lambda: BatchNorm2D(3), lambda: MaxPool2D(2)):
+    for make in (lambda: BatchNorm2D(c), lambda: MaxPool2D(2)):
         results = []
         for inp in (np.ascontiguousarray(y), y):
             layer = make()
             out = layer.forward(inp, training=True)
             g = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
-            results.append((out.copy(), layer.backward(g).copy(), {k: v.copy() for k, v in layer.grads.items()}))
+            results.append((out.copy(), layer.backward(g).copy(), {k: v.copy() for k, v in layer.grads.items()},
+                            layer.forward(inp, training=False).copy()))
             if inp is y:
                 assert is_spatial_major(out)  # the layout goes on to the next convolution
-        (o1, d1, g1), (o2, d2, g2) = results
+        (o1, d1, g1, e1), (o2, d2, g2, e2) = results
         np.testing.assert_allclose(o2, o1, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(e2, e1, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(d2, d1, rtol=1e-5, atol=1e-6)
         for name in g1:
             np.testing.assert_allclose(g2[name], g1[name], rtol=1e-5, atol=1e-5)
