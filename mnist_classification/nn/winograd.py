@@ -36,7 +36,7 @@ G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0
 BIAS_FREQUENCY = 4 * 1 + 1
 
 #: A block of tile rows holds at most about this many elements per transformed array (16 x T x C).
-BLOCK_ELEMENTS = 1 << 20
+BLOCK_ELEMENTS = 1 << 22
 
 
 def transform_weights(weight: np.ndarray) -> np.ndarray:
