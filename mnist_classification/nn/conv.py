@@ -202,7 +202,7 @@ class Conv2D(Layer):
         weight = self.params["W"]
         dtype = np.result_type(x.dtype, weight.dtype)
         if c < DIRECT_BELOW:
-            cols = self._work.get("v", (h, w, n, 9, c), dtype)
+            cols = (self._work if training else _WINOGRAD_SCRATCH).get("cols", (h, w, n, 9, c), dtype)
             self._tiles = ("direct", cols) if training else None
             return from_spatial_major(winograd.direct_forward(xs, weight, self.params["b"], cols, _WINOGRAD_SCRATCH))
         u = winograd.transform_weights(weight.reshape(self.out_channels, c, 3, 3))
