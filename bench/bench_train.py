@@ -10,6 +10,11 @@ the fraction of peak is the median of the per-repeat fractions (with its range):
     python bench/bench_train.py                 # MLP 784-800-10, 784-256-10 and the default CNN
     python bench/bench_train.py --only mlp800 --repeats 7
     python bench/bench_train.py --optimizer momentum   # the loop with a cheaper update rule
+    python bench/bench_train.py --only cnn --conv im2col   # the CNN with the reference convolution
+
+The CNN's peak is timed on the products its convolutions really run: for
+Winograd (``train.cnn.conv: auto``) the 16 per-frequency products of each pass,
+for im2col the column-matrix products.
 
 The optimiser's update is elementwise work that NumPy runs on one core, so its
 rule sets how close the loop gets to the peak: Adam (the pipeline's default)
@@ -34,6 +39,7 @@ from mnist_classification.nn.network import build_network
 from mnist_classification.nn.optimizers import make_optimizer
 from mnist_classification.nn.schedules import Schedule
 from mnist_classification.nn.training import train
+from mnist_classification.nn.winograd import tiles
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -60,6 +66,14 @@ def layer_matmuls(layer, in_shape, batch, first):
         products = [(batch, i, o), (i, batch, o)]          # y = x W ; dW = x^T dy
         if not first:
             products.append((batch, o, i))                 # dx = dy W^T
+        return products
+    if isinstance(layer, Conv2D) and layer.method == "winograd":
+        c, h, w = in_shape
+        f, tile_rows, tile_cols = layer.out_channels, *tiles(h, w)
+        t = tile_rows * tile_cols * batch
+        products = [(t, c, f)] * 16 + [(c, t, f)] * 16          # M = V U ; dU = V^T dM, per frequency
+        if not first:
+            products += [(t, f, c)] * 16                        # dV = dM U^T
         return products
     if isinstance(layer, Conv2D):
         c, h, w = in_shape
@@ -90,9 +104,10 @@ def time_matmuls(shapes, repeats: int = 30) -> float:
     return statistics.median(times)
 
 
-def time_training(config: dict, samples: int, batch: int, optimizer_name: str = "adam") -> tuple[float, object]:
+def time_training(config: dict, samples: int, batch: int, optimizer_name: str = "adam",
+                  conv: str = "auto") -> tuple[float, object]:
     """Seconds of one epoch of the real training loop over ``samples`` random images, and the network."""
-    p = validate({"train": {**config, "optimizer": optimizer_name, "schedule": "constant",
+    p = validate({"train": {**config, "cnn": {"conv": conv}, "optimizer": optimizer_name, "schedule": "constant",
                             "batch_size": batch}})["train"]
     network = build_network(p, (28, 28), CLASSES, 0.0, 1.0)
     optimizer = make_optimizer(optimizer_name, 1e-4, 0.9, 0.0)
@@ -111,6 +126,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--samples", type=int, default=0, help="samples per timed epoch (default: per model)")
     parser.add_argument("--optimizer", choices=["adam", "momentum", "nesterov", "sgd"], default="adam")
+    parser.add_argument("--conv", choices=["auto", "im2col"], default="auto", help="train.cnn.conv of the CNN")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -123,7 +139,7 @@ def main() -> None:
         for _ in range(args.repeats):
             # The loop and its matrix products are timed back to back in every repeat, so
             # drifts in the machine's speed (shared hosts, clocks) cancel in the fraction.
-            elapsed, network = time_training(CONFIGS[name], samples, args.batch, args.optimizer)
+            elapsed, network = time_training(CONFIGS[name], samples, args.batch, args.optimizer, args.conv)
             shapes = matmul_shapes(network, args.batch)
             flops_per_step = sum(2 * m * k * n for m, k, n in shapes)
             steps = -(-samples // args.batch)
@@ -137,7 +153,7 @@ def main() -> None:
                          "fraction_of_peak": round(statistics.median(fractions), 3),
                          "fraction_range": [round(min(fractions), 3), round(max(fractions), 3)],
                          "median_epoch_seconds": round(loop, 6), "samples": samples, "batch": args.batch,
-                         "optimizer": args.optimizer,
+                         "optimizer": args.optimizer, "conv": args.conv if name == "cnn" else None,
                          "parameters": network.count_parameters()}
         if not args.json:
             r = results[name]

@@ -42,13 +42,18 @@ from collections.abc import Mapping
 import numpy as np
 
 from mnist_classification.nn.activations import ACTIVATIONS
-from mnist_classification.nn.batchnorm import (
-    BatchNorm2D,
-    channel_major,
-    from_channel_major,
-)
+from mnist_classification.nn import winograd
+from mnist_classification.nn.batchnorm import BatchNorm2D
 from mnist_classification.nn.initialisation import check_scheme, init_weights
 from mnist_classification.nn.layers import FLOAT, Layer
+from mnist_classification.nn.layout import (
+    channel_major,
+    from_channel_major,
+    from_spatial_major,
+    is_spatial_major,
+    spatial_major,
+)
+from mnist_classification.nn.workspace import Workspace
 
 #: col2im (strided scatter-adds over C*k*k rows) costs about this many times an im2col copy
 #: of dY (F*k*k rows) per element: measured on 128-image batches it wins clearly for 1 -> 32
@@ -58,6 +63,16 @@ COL2IM_COST = 2
 
 #: Inference splits batches so that one column matrix holds at most this many elements.
 INFERENCE_COLUMN_BUDGET = 1 << 25
+
+#: How Conv2D computes: "im2col" (the reference) or "winograd" (F(2x2, 3x3), 3x3 kernels only).
+METHODS = ("im2col", "winograd")
+
+#: The winograd method convolves inputs with fewer channels than this by one product with the
+#: nine shifted copies of the input instead (same layout; Winograd's transforms would dominate).
+DIRECT_BELOW = 4
+
+#: Scratch arrays of the Winograd convolutions, shared by all layers (none lives across calls).
+_WINOGRAD_SCRATCH = Workspace()
 
 
 def _offsets(k: int, height: int, width: int):
@@ -104,21 +119,6 @@ def _im2col(src: np.ndarray, cols: np.ndarray, k: int) -> None:
             dst[:, :, h0:h1, w1:] = 0
 
 
-class _Workspace:
-    """Flat scratch arrays that are reused while their size and dtype fit."""
-
-    def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        size = int(np.prod(shape))
-        array = self._arrays.get(name)
-        if array is None or array.dtype != dtype or array.size < size:
-            array = np.empty(size, dtype=dtype)
-            self._arrays[name] = array
-        return array[:size].reshape(shape)
-
-
 class Conv2D(Layer):
     """2-D convolution, 'same' zero padding, stride 1: (N, C, H, W) -> (N, F, H, W).
 
@@ -132,10 +132,14 @@ class Conv2D(Layer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, init: str = "he",
                  rng: np.random.Generator | None = None,
-                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+                 arrays: Mapping[str, np.ndarray] | None = None, method: str = "im2col") -> None:
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.init = int(kernel_size), check_scheme(init)
+        self.kernel_size, self.init, self.method = int(kernel_size), check_scheme(init), method
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        if method == "winograd" and self.kernel_size != 3:
+            raise ValueError(f"the winograd method needs kernel_size 3, not {kernel_size}")
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError("channel counts must be positive")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -147,8 +151,9 @@ class Conv2D(Layer):
             arrays = {"W": init_weights(init, (self.out_channels, fan_in), fan_in, fan_out, rng),
                       "b": np.zeros(self.out_channels, dtype=FLOAT)}
         self.adopt(arrays)
-        self._work = _Workspace()
+        self._work = Workspace()
         self._cols: np.ndarray | None = None  # forward columns, consumed by backward
+        self._tiles: tuple[np.ndarray, np.ndarray] | None = None  # Winograd U and V, consumed by backward
         self._input_shape: tuple[int, ...] | None = None
 
     # -- forward -----------------------------------------------------------------------------------
@@ -172,6 +177,8 @@ class Conv2D(Layer):
     def forward(self, x, training=False):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2D expects (N, {self.in_channels}, H, W), got {x.shape}")
+        if self.method == "winograd":
+            return self._winograd_forward(x, training)
         xt = channel_major(x)
         _, n, h, w = xt.shape
         dtype = np.result_type(x.dtype, self.params["W"].dtype)
@@ -189,7 +196,40 @@ class Conv2D(Layer):
 
     # -- backward ----------------------------------------------------------------------------------
 
+    def _winograd_forward(self, x, training):
+        xs = spatial_major(x)  # (H, W, N, C)
+        h, w, n, c = xs.shape
+        weight = self.params["W"]
+        dtype = np.result_type(x.dtype, weight.dtype)
+        if c < DIRECT_BELOW:
+            cols = (self._work if training else _WINOGRAD_SCRATCH).get("cols", (h, w, n, 9, c), dtype)
+            self._tiles = ("direct", cols) if training else None
+            return from_spatial_major(winograd.direct_forward(xs, weight, self.params["b"], cols, _WINOGRAD_SCRATCH))
+        u = winograd.transform_weights(weight.reshape(self.out_channels, c, 3, 3))
+        v = None
+        if training:
+            ty, tx = winograd.tiles(h, w)
+            v = self._work.get("v", (16, ty * tx * n, c), dtype)
+        self._tiles = (u, v) if training else None
+        return from_spatial_major(winograd.forward(xs, u, self.params["b"], _WINOGRAD_SCRATCH, v))
+
+    def _winograd_backward(self, grad_out):
+        (u, v), self._tiles = self._tiles, None
+        dy = spatial_major(grad_out)  # (H, W, N, F)
+        grad_w = self.grads["W"].reshape(self.out_channels, self.in_channels, 3, 3)
+        if isinstance(u, str):  # the direct product, v its nine shifted copies
+            dx = winograd.direct_backward(dy, self.params["W"], v, grad_w, _WINOGRAD_SCRATCH, self.needs_input_grad)
+        else:
+            du = np.empty_like(u)
+            dx = winograd.backward(dy, u, v, du, _WINOGRAD_SCRATCH, self.needs_input_grad)
+            winograd.weight_grad(du, grad_w)
+        dy2 = dy.reshape(-1, self.out_channels)
+        np.matmul(_WINOGRAD_SCRATCH.ones(len(dy2), dy2.dtype), dy2, out=self.grads["b"])
+        return None if dx is None else from_spatial_major(dx)
+
     def backward(self, grad_out):
+        if self._tiles is not None:
+            return self._winograd_backward(grad_out)
         if self._cols is None:
             raise RuntimeError("Conv2D.backward needs a preceding forward(x, training=True) "
                                "(and runs once per forward: it reuses the column buffer)")
@@ -235,7 +275,7 @@ class Conv2D(Layer):
 
     def config(self):
         return {"type": self.kind, "in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": self.kernel_size, "init": self.init}
+                "kernel_size": self.kernel_size, "init": self.init, "method": self.method}
 
     def array_shapes(self):
         return {"W": (self.out_channels, self.in_channels * self.kernel_size ** 2), "b": (self.out_channels,)}
@@ -247,9 +287,9 @@ class MaxPool2D(Layer):
     Rows and columns beyond a multiple of ``size`` are dropped (and get zero gradient). The
     gradient of each window goes to one maximum; on ties, to the leftmost, then topmost one.
 
-    Pooling runs in two passes, first across each window's rows (on contiguous image rows), then
-    across its columns, on the (N*C, H, W) planes in whatever memory order the input has
-    (channel-major after a convolution); the output keeps that order.
+    Pooling runs in two passes, first across each window's rows, then across its columns, in the
+    input's memory layout, which the output keeps: on (N*C, H, W) planes (channel-major or plain
+    (N, C, H, W)), or on the (H, W, N*C) pixel blocks of a spatial-major input.
     """
 
     kind = "maxpool2d"
@@ -284,6 +324,8 @@ class MaxPool2D(Layer):
         s = self.size
         n, c, h, w = x.shape
         ho, wo = h // s, w // s
+        if is_spatial_major(x):
+            return self._forward_spatial(x, training)
         channel_first = not x.flags.c_contiguous
         planes = (channel_major(x) if channel_first else x).reshape(n * c, h, w)
         if (ho * s, wo * s) != (h, w):
@@ -303,6 +345,8 @@ class MaxPool2D(Layer):
         if self._cache is None:
             raise RuntimeError("MaxPool2D.backward needs a preceding forward(x, training=True)")
         (n, c, h, w), channel_first, row_arg, col_arg = self._cache
+        if channel_first is None:
+            return self._backward_spatial(grad_out)
         s = self.size
         ho, wo = h // s, w // s
         g = (channel_major(grad_out) if channel_first else np.ascontiguousarray(grad_out)).reshape(-1)
@@ -325,6 +369,35 @@ class MaxPool2D(Layer):
             window[...] = rows.reshape(window.shape)
         return from_channel_major(planes) if channel_first else planes
 
+    def _forward_spatial(self, x, training):
+        """Pooling of spatial-major x: (H, W, N*C) -> (Ho, Wo, N*C), rows, then columns."""
+        s = self.size
+        n, c, h, w = x.shape
+        ho, wo = h // s, w // s
+        pixels = spatial_major(x)[:ho * s, :wo * s].reshape(ho, s, wo * s, n * c)
+        row_max, row_arg = self._reduce([pixels[:, a] for a in range(s)], (ho, wo, s, n * c), x.dtype)
+        out, col_arg = self._reduce([row_max[:, :, b] for b in range(s)], (ho, wo, n * c), x.dtype)
+        self._cache = (x.shape, None, row_arg, col_arg) if training else None
+        return from_spatial_major(out.reshape(ho, wo, n, c))
+
+    def _backward_spatial(self, grad_out):
+        (n, c, h, w), _, row_arg, col_arg = self._cache
+        s = self.size
+        ho, wo = h // s, w // s
+        g = spatial_major(grad_out).reshape(ho, wo, n * c)
+        g_cols = np.empty((ho, wo, s, n * c), dtype=grad_out.dtype)  # to the winning column ...
+        for b in range(s):
+            np.multiply(g, col_arg == b, out=g_cols[:, :, b])
+        g_cols = g_cols.reshape(ho, wo * s, n * c)
+        rows = np.empty((ho, s, wo * s, n * c), dtype=grad_out.dtype)  # ... then to the winning row
+        for a in range(s):
+            np.multiply(g_cols, row_arg.reshape(g_cols.shape) == a, out=rows[:, a])
+        if (ho * s, wo * s) == (h, w):
+            return from_spatial_major(rows.reshape(h, w, n, c))
+        pixels = np.zeros((h, w, n, c), dtype=grad_out.dtype)
+        pixels[:ho * s, :wo * s] = rows.reshape(ho * s, wo * s, n, c)
+        return from_spatial_major(pixels)
+
     def output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(f"MaxPool2D expects (C, H, W) samples, got {tuple(input_shape)}")
@@ -338,16 +411,19 @@ class MaxPool2D(Layer):
 CONV_LAYERS = (Conv2D, MaxPool2D, BatchNorm2D)
 
 
-def conv_feature_layers(channels, kernel_size, batch_norm, activation, init, rng) -> list[Layer]:
+def conv_feature_layers(channels, kernel_size, batch_norm, activation, init, rng,
+                        conv: str = "auto") -> list[Layer]:
     """VGG-style blocks for (N, 1, H, W) input, one per entry of ``channels``:
 
     Conv2D -> [BatchNorm2D] -> activation -> Conv2D -> [BatchNorm2D] -> activation -> MaxPool2D(2).
+    ``conv`` "auto" computes 3x3 convolutions by Winograd, others by im2col; "im2col" all by im2col.
     """
+    method = "winograd" if conv == "auto" and kernel_size == 3 else "im2col"
     layers: list[Layer] = []
     in_channels = 1
     for out_channels in channels:
         for conv_in in (in_channels, out_channels):
-            layers.append(Conv2D(conv_in, out_channels, kernel_size, init, rng))
+            layers.append(Conv2D(conv_in, out_channels, kernel_size, init, rng, method=method))
             if batch_norm:
                 layers.append(BatchNorm2D(out_channels))
             layers.append(ACTIVATIONS[activation]())

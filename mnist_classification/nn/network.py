@@ -292,7 +292,7 @@ def build_network(train: dict, input_shape: tuple[int, int], classes: list[str],
         cnn = train["cnn"]
         layers.append(AddChannel())
         layers += conv_feature_layers(cnn["channels"], cnn["kernel_size"], cnn["batch_norm"],
-                                      train["activation"], train["init"], init_rng)
+                                      train["activation"], train["init"], init_rng, cnn["conv"])
     shape: tuple[int, ...] = tuple(input_shape)
     for layer in layers:
         shape = layer.output_shape(shape)

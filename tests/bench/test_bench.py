@@ -18,8 +18,8 @@ from mnist_classification.infra.params import validate  # noqa: E402
 from mnist_classification.nn.network import build_network  # noqa: E402
 
 
-def _network(config: dict):
-    p = validate({"train": {**config, "batch_size": 128}})["train"]
+def _network(config: dict, conv: str = "auto"):
+    p = validate({"train": {**config, "batch_size": 128, "cnn": {"conv": conv}}})["train"]
     return build_network(p, (28, 28), bench_train.CLASSES, 0.0, 1.0)
 
 
@@ -29,8 +29,18 @@ def test_mlp_products_by_hand():
     assert shapes == [(128, 784, 800), (784, 128, 800), (128, 800, 10), (800, 128, 10), (128, 10, 800)]
 
 
-def test_cnn_products_by_hand():
+def test_cnn_winograd_products_by_hand():
     shapes = bench_train.matmul_shapes(_network(bench_train.CONFIGS["cnn"]), 2)
+    t1, t2 = 2 * 14 * 14, 2 * 7 * 7  # 2 x 2 tiles of the batch before and after the first pool
+    assert shapes[:16 * 11] == (
+        [(t1, 1, 32)] * 16 + [(1, t1, 32)] * 16                                          # 1 -> 32: no dX
+        + [(t1, 32, 32)] * 16 + [(32, t1, 32)] * 16 + [(t1, 32, 32)] * 16               # 32 -> 32
+        + [(t2, 32, 64)] * 16 + [(32, t2, 64)] * 16 + [(t2, 64, 32)] * 16               # 32 -> 64
+        + [(t2, 64, 64)] * 16 + [(64, t2, 64)] * 16 + [(t2, 64, 64)] * 16)              # 64 -> 64
+
+
+def test_cnn_im2col_products_by_hand():
+    shapes = bench_train.matmul_shapes(_network(bench_train.CONFIGS["cnn"], "im2col"), 2)
     p1, p2 = 2 * 28 * 28, 2 * 14 * 14  # pixels of the batch before and after the first pool
     assert shapes[:11] == [
         (32, 9, p1), (9, p1, 32),                          # conv 1 -> 32: no input grad
