@@ -39,7 +39,8 @@ def _running_steps(project, env) -> tuple[list[int], bool]:
     if result.returncode != 0:
         # DVC fails now and then while a finishing experiment's temporary workspace is being removed
         # ("No such file or directory: .dvc/tmp/exps/tmp..."); the next poll sees the finished experiment.
-        assert "No such file or directory" in result.stderr, result.stderr
+        # Or pygit2 misses an object of that workspace ("object not found").
+        assert "No such file or directory" in result.stderr or "object not found" in result.stderr, result.stderr
         return [], False
     shown = json.loads(result.stdout)
     steps, finished = [], False
