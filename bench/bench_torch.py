@@ -18,13 +18,13 @@ and fused Adam; the project with its own NumPy / OpenBLAS threads.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
+
+from bench_report import emit
 
 from mnist_classification.nn.losses import SoftmaxCrossEntropy
 from mnist_classification.nn.network import build_network
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--conv", choices=["auto", "im2col"], default="auto",
+    parser.add_argument("--conv", choices=["auto", "im2col"], default="im2col",
                         help="the project's convolution algorithm (train.cnn.conv)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -176,21 +176,15 @@ def main() -> None:
     import torch
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    machine = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "numpy": np.__version__,
-               "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-    results = {}
+    results, lines = {}, []
     for name in args.only or list(CONFIGS):
         steps = args.steps or (25 if name == "cnn" else 200)
         results[name] = r = compare(name, args.rounds, steps, args.warmup, args.batch, args.conv)
-        if not args.json:
-            print(f"{name:7s} project {r['project_samples_per_second']:9.1f} samples/s  "
-                  f"PyTorch {r['torch_samples_per_second']:9.1f} samples/s  ratio {r['ratio_median']:.2f}x "
-                  f"[{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}] "
-                  f"(median of {args.rounds} rounds of {steps} steps, batch {args.batch})")
-    if args.json:
-        print(json.dumps({"machine": machine, "results": results}, indent=2))
-    else:
-        print(f"machine: {machine}")
+        lines.append(f"{name:7s} project {r['project_samples_per_second']:9.1f} samples/s  "
+                     f"PyTorch {r['torch_samples_per_second']:9.1f} samples/s  ratio {r['ratio_median']:.2f}x "
+                     f"[{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}] "
+                     f"(median of {args.rounds} rounds of {steps} steps, batch {args.batch})")
+    emit(results, lines, args.json, torch=torch.__version__, torch_threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

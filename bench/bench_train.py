@@ -10,7 +10,7 @@ the fraction of peak is the median of the per-repeat fractions (with its range):
     python bench/bench_train.py                 # MLP 784-800-10, 784-256-10 and the default CNN
     python bench/bench_train.py --only mlp800 --repeats 7
     python bench/bench_train.py --optimizer momentum   # the loop with a cheaper update rule
-    python bench/bench_train.py --only cnn --conv im2col   # the CNN with the reference convolution
+    python bench/bench_train.py --only cnn --conv auto     # the CNN with Winograd convolutions
 
 The CNN's peak is timed on the products its convolutions really run: for
 Winograd (``train.cnn.conv: auto``) the 16 per-frequency products of each pass,
@@ -24,13 +24,13 @@ makes ten passes over every parameter per step, momentum SGD four.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
+
+from bench_report import emit
 
 from mnist_classification.infra.params import validate
 from mnist_classification.nn.conv import Conv2D
@@ -126,13 +126,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--samples", type=int, default=0, help="samples per timed epoch (default: per model)")
     parser.add_argument("--optimizer", choices=["adam", "momentum", "nesterov", "sgd"], default="adam")
-    parser.add_argument("--conv", choices=["auto", "im2col"], default="auto", help="train.cnn.conv of the CNN")
+    parser.add_argument("--conv", choices=["auto", "im2col"], default="im2col", help="train.cnn.conv of the CNN")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    machine = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "processor": platform.processor(),
-               "numpy": np.__version__, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
-    results = {}
+    results, lines = {}, []
     for name in args.only or list(CONFIGS):
         samples = args.samples or (3200 if name == "cnn" else 25600)
         seconds, peaks, fractions = [], [], []
@@ -155,16 +153,12 @@ def main() -> None:
                          "median_epoch_seconds": round(loop, 6), "samples": samples, "batch": args.batch,
                          "optimizer": args.optimizer, "conv": args.conv if name == "cnn" else None,
                          "parameters": network.count_parameters()}
-        if not args.json:
-            r = results[name]
-            print(f"{name:7s} {r['samples_per_second']:9.1f} samples/s  loop {r['loop_gflops']:6.2f} GFLOP/s  "
-                  f"matmul peak {r['matmul_peak_gflops']:6.2f} GFLOP/s  = {100 * r['fraction_of_peak']:.1f}% "
-                  f"[{100 * r['fraction_range'][0]:.1f}-{100 * r['fraction_range'][1]:.1f}%] "
-                  f"(medians of {args.repeats}, batch {args.batch}, {args.optimizer})")
-    if args.json:
-        print(json.dumps({"machine": machine, "results": results}, indent=2))
-    else:
-        print(f"machine: {machine}")
+        r = results[name]
+        lines.append(f"{name:7s} {r['samples_per_second']:9.1f} samples/s  loop {r['loop_gflops']:6.2f} GFLOP/s  "
+                     f"matmul peak {r['matmul_peak_gflops']:6.2f} GFLOP/s  = {100 * r['fraction_of_peak']:.1f}% "
+                     f"[{100 * r['fraction_range'][0]:.1f}-{100 * r['fraction_range'][1]:.1f}%] "
+                     f"(medians of {args.repeats}, batch {args.batch}, {args.optimizer})")
+    emit(results, lines, args.json, OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE"))
 
 
 if __name__ == "__main__":
