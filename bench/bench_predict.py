@@ -31,9 +31,11 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from mnist_classification.data.idx import read_idx_gz
+from mnist_classification.infra.errors import run_cli
 from mnist_classification.tools import predict
 
-MNIST = Path("/work/shared/data/mnist")
+#: The shared real data next to the project (../shared, as in the tests); --data picks another folder.
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 Render = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, str]]
 
 
@@ -205,7 +207,7 @@ RENDERINGS: dict[str, Render] = {
 
 def save(image: np.ndarray, kind: str, stem: Path) -> Path:
     """Write a [0, 1] grey or RGB image as 8-bit PNG, or JPEG when ``kind`` is ``jpg:<quality>``."""
-    pixels = Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8))
+    pixels = _pil(image)
     if kind.startswith("jpg"):
         path = stem.with_suffix(".jpg")
         pixels.save(path, format="JPEG", quality=int(kind.split(":")[1]))
@@ -295,4 +297,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench_predict")  # a missing model or data folder is one line, not a traceback
