@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--samples", type=int, default=0, help="samples per timed epoch (default: per model)")
     parser.add_argument("--optimizer", choices=["adam", "momentum", "nesterov", "sgd"], default="adam")
-    parser.add_argument("--conv", choices=["auto", "im2col"], default="im2col", help="train.cnn.conv of the CNN")
+    parser.add_argument("--conv", choices=["auto", "blocked", "im2col", "winograd"], default="im2col", help="train.cnn.conv of the CNN")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

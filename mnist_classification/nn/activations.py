@@ -7,21 +7,36 @@ from __future__ import annotations
 
 import numpy as np
 
+from mnist_classification.nn import parallel
 from mnist_classification.nn.layers import FLOAT, Layer
 
 
 class ReLU(Layer):
-    """``max(x, 0)`` elementwise (as ``x * (x > 0)``, so ``-inf`` gives NaN, not 0)."""
+    """``max(x, 0)`` elementwise (as ``x * (x > 0)``, so ``-inf`` gives NaN, not 0), in x's memory
+    layout, on all cores for large batches."""
 
     kind = "relu"
 
     def forward(self, x, training=False):
         # Measured: 23 us against 50 us for np.maximum on a 128 x 800 float32 batch.
-        self._mask = x > 0
-        return x * self._mask
+        self._mask = np.empty_like(x, dtype=bool)
+        out = np.empty_like(x)
+        parallel.elementwise(_relu, x, self._mask, out)
+        return out
 
     def backward(self, grad_out):
-        return grad_out * self._mask
+        dx = np.empty_like(grad_out, dtype=np.result_type(grad_out.dtype, FLOAT))
+        parallel.elementwise(_masked, grad_out, self._mask, dx)
+        return dx
+
+
+def _relu(x, mask, out):
+    np.greater(x, 0, out=mask)
+    np.multiply(x, mask, out=out)
+
+
+def _masked(grad, mask, out):
+    np.multiply(grad, mask, out=out)
 
 
 class LeakyReLU(Layer):

@@ -15,24 +15,39 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mnist_classification.nn import parallel
 from mnist_classification.nn.layers import FLOAT, Layer
 from mnist_classification.nn.layout import (
     channel_major,
+    channels_last,
     from_channel_major,
-    from_spatial_major,
-    is_spatial_major,
-    spatial_major,
+    from_channels_last,
+    is_channels_last,
 )
-from mnist_classification.nn.workspace import Workspace
 
 
-#: Spatial-major batches are normalised as rows of about this many values (see BatchNorm2D._per_channel).
+#: Channels-last batches are normalised as rows of about this many values
+#: (see BatchNorm2D._per_channel).
 FOLD_WIDTH = 1024
+
+#: Bytes of input one thread normalises at a time (a block stays in the cache between passes).
+BLOCK_BYTES = 1 << 20
+
+_LAYOUTS = {  # name: (to that layout's memory, (N, C, H, W) view of it, its shape from (n, c, h, w))
+    "channel_major": (channel_major, from_channel_major, lambda n, c, h, w: (c, n, h, w)),
+    "channels_last": (channels_last, from_channels_last, lambda n, c, h, w: (n, h, w, c)),
+}
 
 
 class BatchNorm2D(Layer):
     """Per-channel batch normalisation of (N, C, H, W) feature maps, in their memory layout
-    (channel-major or spatial-major, see :mod:`.layout`; other layouts are copied once)."""
+    (channel-major or channels-last, see :mod:`.layout`; other layouts are copied once).
+
+    The batch is cut into cache-sized blocks that the cores take in turn (:mod:`.parallel`): the
+    statistics combine per-block means and squared deviations (Chan et al.), and every
+    elementwise pass over a block runs while it is in the cache. Backward recomputes the
+    normalised input from the saved input instead of keeping it.
+    """
 
     kind = "batchnorm2d"
     buffer_names = ("running_mean", "running_var")
@@ -52,101 +67,74 @@ class BatchNorm2D(Layer):
                       "running_mean": np.zeros(self.channels, dtype=FLOAT),
                       "running_var": np.ones(self.channels, dtype=FLOAT)}
         self.adopt(arrays)
-        self._work = Workspace()  # the ones vector of _sums
-        self._fold = 1
+        self._cache = None
 
-    def _per_channel(self, x: np.ndarray, like_cache: bool = False) -> tuple[np.ndarray, int]:
-        """x (N, C, H, W) as a matrix in its own memory layout (no copy) and the axis along which a
-        channel's values run: channel-major gives (C, M), one channel per row (axis 1);
-        spatial-major gives (M / r, r * C), r pixels' channels per row (axis 0), where r folds
-        pixels together so that per-channel broadcasts run over rows of about FOLD_WIDTH values
-        rather than C. With ``like_cache``, the layout of the training forward's input."""
-        spatial = self._layout[1] == 0 if like_cache else is_spatial_major(x)
-        if spatial:
-            xs = spatial_major(x)
-            self._fold = math.gcd(xs.size // self.channels, max(1, FOLD_WIDTH // self.channels))
-            return xs.reshape(-1, self._fold * self.channels), 0
-        return channel_major(x).reshape(self.channels, -1), 1
+    @staticmethod
+    def _layout_of(x: np.ndarray) -> str:
+        if is_channels_last(x):
+            return "channels_last"
+        return "channel_major"
 
-    def _along(self, v: np.ndarray, axis: int) -> np.ndarray:
-        """Per-channel values (C,) shaped to broadcast against a matrix from :meth:`_per_channel`."""
-        return np.tile(v, self._fold)[None, :] if axis == 0 else v[:, None]
-
-    def _sums(self, a: np.ndarray, axis: int) -> np.ndarray:
-        """Per-channel sums (C,) of a matrix from :meth:`_per_channel`, as a product with a vector of
-        ones (BLAS: several times faster than ``sum`` over the long axis of a narrow matrix)."""
-        if axis == 0:
-            return (self._work.ones(len(a), a.dtype) @ a).reshape(self._fold, self.channels).sum(axis=0)
-        return a @ self._work.ones(a.shape[1], a.dtype)
-
-    def _restore(self, a: np.ndarray, shape: tuple[int, ...], spatial: bool) -> np.ndarray:
-        """The (N, C, H, W) view of a matrix from :meth:`_per_channel`."""
-        n, c, h, w = shape
-        return from_spatial_major(a.reshape(h, w, n, c)) if spatial else from_channel_major(a.reshape(c, n, h, w))
+    def _per_channel(self, x: np.ndarray, layout: str) -> tuple[np.ndarray, int, int]:
+        """x (N, C, H, W) as a matrix in ``layout``'s memory (a view unless x is in another layout),
+        the axis along which a channel's values run and the fold r: channel-major gives (C, M), one
+        channel per row (axis 1, r = 1); the others give (M / r, r * C), r pixels' channels per
+        row (axis 0), r chosen so that per-channel broadcasts run over rows of about FOLD_WIDTH
+        values rather than C."""
+        a = _LAYOUTS[layout][0](x)
+        if layout == "channel_major":
+            return a.reshape(self.channels, -1), 1, 1
+        fold = math.gcd(a.size // self.channels, max(1, FOLD_WIDTH // self.channels))
+        return a.reshape(-1, fold * self.channels), 0, fold
 
     def forward(self, x, training=False):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"BatchNorm2D expects (N, {self.channels}, H, W), got {x.shape}")
-        x2, axis = self._per_channel(x)
-        def along(v):
-            return self._along(v, axis)
+        layout = self._layout_of(x)
+        x2, axis, fold = self._per_channel(x, layout)
+        blocks = _Blocks(x2, axis, fold, self.channels)
         gamma, beta = self.params["gamma"], self.params["beta"]
         dtype = np.result_type(x.dtype, gamma.dtype)
-        count = x2.size // self.channels
         if training:
-            mean = (self._sums(x2, axis) / count).astype(dtype, copy=False)
-            xhat = np.subtract(x2, along(mean), dtype=dtype)
-            out = np.square(xhat)
-            var = (self._sums(out, axis) / count).astype(dtype, copy=False)
-            inv_std = 1 / np.sqrt(var + dtype.type(self.eps))
-            xhat *= along(inv_std)
-            np.multiply(xhat, along(gamma), out=out)
-            out += along(beta)
-            keep = self.momentum
+            mean, var = blocks.mean_var()
+            count = blocks.count
             running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
-            running_mean *= keep
-            running_mean += (1 - keep) * mean
-            running_var *= keep
-            running_var += (1 - keep) * var * (count / max(count - 1, 1))
-            self._cache = (True, xhat, inv_std)
+            running_mean *= self.momentum
+            running_mean += ((1 - self.momentum) * mean).astype(running_mean.dtype)
+            running_var *= self.momentum
+            running_var += ((1 - self.momentum) * var * (count / max(count - 1, 1))).astype(running_var.dtype)
         else:
-            inv_std = 1 / np.sqrt(self.buffers["running_var"].astype(dtype) + dtype.type(self.eps))
-            scale = gamma * inv_std
-            shift = beta - self.buffers["running_mean"] * scale
-            out = np.multiply(x2, along(scale), dtype=dtype)
-            out += along(shift)
-            self._cache = (False, x2, inv_std)
-        self._layout = (x.shape, axis)
-        return self._restore(out, x.shape, axis == 0)
+            mean, var = self.buffers["running_mean"].astype(np.float64), self.buffers["running_var"].astype(np.float64)
+        inv_std = 1 / np.sqrt(var + self.eps)
+        mean, inv_std = mean.astype(dtype), inv_std.astype(dtype)
+        scale = (gamma * inv_std).astype(dtype)
+        out = blocks.affine(x2, scale, (beta - mean * scale).astype(dtype), dtype)
+        self._cache = (training, x2, layout, x.shape, mean, inv_std)
+        return self._restore(out, x.shape, layout)
+
+    @staticmethod
+    def _restore(a: np.ndarray, shape: tuple[int, ...], layout: str) -> np.ndarray:
+        """The (N, C, H, W) view of a matrix from :meth:`_per_channel`."""
+        _, view, memory_shape = _LAYOUTS[layout]
+        return view(a.reshape(memory_shape(*shape)))
 
     def backward(self, grad_out):
-        training, saved, inv_std = self._cache
-        shape, axis = self._layout
-        g2, _ = self._per_channel(grad_out, like_cache=True)
-        def along(v):
-            return self._along(v, axis)
-        if training:
-            xhat = saved
-        else:
-            xhat = (saved - along(self.buffers["running_mean"])) * along(inv_std)
-        product = g2 * xhat
-        dgamma = self._sums(product, axis)
-        dbeta = self._sums(g2, axis)
+        if self._cache is None:
+            raise RuntimeError("BatchNorm2D.backward needs a preceding forward(x)")
+        (training, x2, layout, shape, mean, inv_std), self._cache = self._cache, None
+        g2, axis, fold = self._per_channel(grad_out, layout)
+        blocks = _Blocks(x2, axis, fold, self.channels)
+        dgamma, dbeta = blocks.gamma_beta_grads(g2, mean, inv_std)
         self.grads["gamma"][...] = dgamma
         self.grads["beta"][...] = dbeta
         if not self.needs_input_grad:
             return None
-        scale = self.params["gamma"] * inv_std
+        scale = (self.params["gamma"] * inv_std).astype(inv_std.dtype)
         if training:
-            # dx = gamma / std * (dy - mean(dy) - xhat * mean(dy * xhat))
-            count = g2.size // self.channels
-            dx = np.multiply(g2, along(scale), dtype=product.dtype)
-            np.multiply(xhat, along(-scale * dgamma / count), out=product)
-            dx += product
-            dx += along(-scale * dbeta / count)
-        else:
-            dx = g2 * along(scale)
-        return self._restore(dx, shape, axis == 0)
+            dx = blocks.input_grad(g2, mean, inv_std, scale, dgamma, dbeta)
+        else:  # the running statistics are constants
+            dx = blocks.affine(g2, scale, None, g2.dtype)
+        return self._restore(dx, shape, layout)
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] != self.channels:
@@ -158,3 +146,104 @@ class BatchNorm2D(Layer):
 
     def array_shapes(self):
         return {name: (self.channels,) for name in ("gamma", "beta", *self.buffer_names)}
+
+
+class _Blocks:
+    """A per-channel matrix ``a`` from :meth:`BatchNorm2D._per_channel` (channels along ``axis``,
+    ``fold`` pixels per row when axis is 0), cut into cache-sized blocks along its long axis."""
+
+    def __init__(self, a: np.ndarray, axis: int, fold: int, channels: int) -> None:
+        self.a, self.axis, self.fold, self.channels = a, axis, fold, channels
+        self.count = a.size // channels
+        self.spans = parallel.blocks(a.shape[axis], a.itemsize * a.shape[1 - axis], BLOCK_BYTES)
+
+    def _take(self, m: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return m[start:stop] if self.axis == 0 else m[:, start:stop]
+
+    def _along(self, v: np.ndarray) -> np.ndarray:
+        """Per-channel values (C,) shaped to broadcast against the matrix."""
+        return np.tile(v, self.fold)[None, :] if self.axis == 0 else v[:, None]
+
+    def _sums(self, b: np.ndarray) -> np.ndarray:
+        """Per-channel sums (C,) of block ``b``, as a product with a vector of ones (BLAS: several
+        times faster than ``sum`` over the long axis of a narrow matrix)."""
+        ones = parallel.scratch().ones(b.shape[self.axis], b.dtype)
+        if self.axis == 0:
+            return (ones @ b).reshape(self.fold, self.channels).sum(axis=0)
+        return b @ ones
+
+    def _normalised(self, start: int, stop: int, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+        """(x - mean) * inv_std of one block, in this thread's scratch."""
+        b = self._take(self.a, start, stop)
+        xhat = parallel.scratch().get("xhat", b.shape, mean.dtype)
+        np.subtract(b, mean, out=xhat)
+        xhat *= inv_std
+        return xhat
+
+    def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and (biased) variance over the whole matrix, float64 (C,) each."""
+        def block(start, stop):
+            b = self._take(self.a, start, stop)
+            count = b.size // self.channels
+            mean = self._sums(b) / count
+            deviation = parallel.scratch().get("xhat", b.shape, b.dtype)
+            np.subtract(b, self._along(mean), out=deviation)
+            np.square(deviation, out=deviation)
+            return count, mean.astype(np.float64), self._sums(deviation).astype(np.float64)
+
+        parts = parallel.run(block, self.spans)
+        counts = np.array([count for count, _, _ in parts], dtype=np.float64)[:, None]
+        means = np.stack([mean for _, mean, _ in parts])
+        mean = (counts * means).sum(axis=0) / self.count
+        squares = sum(m2 for _, _, m2 in parts) + (counts * (means - mean) ** 2).sum(axis=0)
+        return mean, squares / self.count
+
+    def affine(self, src: np.ndarray, scale: np.ndarray, shift: np.ndarray | None, dtype) -> np.ndarray:
+        """New ``src * scale + shift`` (per channel) of ``src`` shaped like the matrix."""
+        out = np.empty(src.shape, dtype=dtype)
+        scale, shift = self._along(scale), None if shift is None else self._along(shift)
+
+        def block(start, stop):
+            o = self._take(out, start, stop)
+            np.multiply(self._take(src, start, stop), scale, out=o)
+            if shift is not None:
+                o += shift
+
+        parallel.run(block, self.spans)
+        return out
+
+    def gamma_beta_grads(self, g: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sum of g * xhat, sum of g) per channel, for upstream gradients g shaped like the matrix."""
+        mean, inv_std = self._along(mean), self._along(inv_std)
+
+        def block(start, stop):
+            gb = self._take(g, start, stop)
+            xhat = self._normalised(start, stop, mean, inv_std)
+            xhat *= gb
+            return self._sums(xhat), self._sums(gb)
+
+        parts = parallel.run(block, self.spans)
+        dgamma, dbeta = (part.copy() for part in parts[0])
+        for part_gamma, part_beta in parts[1:]:
+            dgamma += part_gamma
+            dbeta += part_beta
+        return dgamma, dbeta
+
+    def input_grad(self, g: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, scale: np.ndarray,
+                   dgamma: np.ndarray, dbeta: np.ndarray) -> np.ndarray:
+        """Training-mode input gradient, new: gamma / std * (g - mean(g) - xhat * mean(g * xhat))."""
+        dx = np.empty(g.shape, dtype=np.result_type(g.dtype, scale.dtype))
+        mean, inv_std, scale_g = self._along(mean), self._along(inv_std), self._along(scale)
+        scale_xhat = self._along(-scale * dgamma / self.count)
+        offset = self._along(-scale * dbeta / self.count)
+
+        def block(start, stop):
+            d = self._take(dx, start, stop)
+            np.multiply(self._take(g, start, stop), scale_g, out=d)
+            xhat = self._normalised(start, stop, mean, inv_std)
+            xhat *= scale_xhat
+            d += xhat
+            d += offset
+
+        parallel.run(block, self.spans)
+        return dx

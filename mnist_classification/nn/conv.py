@@ -1,9 +1,15 @@
-"""Convolution layers: 2-D convolution by im2col, max pooling and the CNN feature extractor.
+"""Convolution layers: 2-D convolution, max pooling and the CNN feature extractor.
 
 Tensors are (N, C, H, W). :class:`Conv2D` uses 'same' zero padding and stride
 1, so it keeps H and W; :class:`MaxPool2D` halves them (for ``size=2``).
 
-Memory layout: the matrix products below naturally produce channel-major
+:class:`Conv2D` has three methods (``train.cnn.conv``): "im2col", the
+whole-batch reference described below; "blocked", im2col over cache-sized
+blocks of channels-last images on all cores (:mod:`.blocked`); "winograd",
+F(2x2, 3x3) on the same blocks (:mod:`.winograd`). The last two produce
+channels-last (N, H, W, C) memory, which batch norm, ReLU and pooling keep.
+
+Reference memory layout: the matrix products below naturally produce channel-major
 (C, N, H, W) memory, so the conv layers return their (N, C, H, W) results as
 transposed *views* of channel-major arrays instead of copying them. NumPy's
 elementwise layers (ReLU, ...) keep that layout, batch norm and pooling work
@@ -41,17 +47,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mnist_classification.nn import blocked, winograd
 from mnist_classification.nn.activations import ACTIVATIONS
-from mnist_classification.nn import winograd
 from mnist_classification.nn.batchnorm import BatchNorm2D
 from mnist_classification.nn.initialisation import check_scheme, init_weights
 from mnist_classification.nn.layers import FLOAT, Layer
 from mnist_classification.nn.layout import (
     channel_major,
+    channels_last,
     from_channel_major,
-    from_spatial_major,
-    is_spatial_major,
-    spatial_major,
+    from_channels_last,
+    is_channels_last,
 )
 from mnist_classification.nn.workspace import Workspace
 
@@ -64,15 +70,13 @@ COL2IM_COST = 2
 #: Inference splits batches so that one column matrix holds at most this many elements.
 INFERENCE_COLUMN_BUDGET = 1 << 25
 
-#: How Conv2D computes: "im2col" (the reference) or "winograd" (F(2x2, 3x3), 3x3 kernels only).
-METHODS = ("im2col", "winograd")
+#: How Conv2D computes: "im2col" (the reference), "blocked" (im2col over cache-sized blocks of
+#: images on all cores, see :mod:`.blocked`) or "winograd" (F(2x2, 3x3), 3x3 kernels only).
+METHODS = ("im2col", "blocked", "winograd")
 
-#: The winograd method convolves inputs with fewer channels than this by one product with the
-#: nine shifted copies of the input instead (same layout; Winograd's transforms would dominate).
+#: The winograd method convolves inputs with fewer channels than this by blocked im2col instead
+#: (Winograd's transforms cost the same whatever C while its products shrink with it).
 DIRECT_BELOW = 4
-
-#: Scratch arrays of the Winograd convolutions, shared by all layers (none lives across calls).
-_WINOGRAD_SCRATCH = Workspace()
 
 
 def _offsets(k: int, height: int, width: int):
@@ -153,7 +157,7 @@ class Conv2D(Layer):
         self.adopt(arrays)
         self._work = Workspace()
         self._cols: np.ndarray | None = None  # forward columns, consumed by backward
-        self._tiles: tuple[np.ndarray, np.ndarray] | None = None  # Winograd U and V, consumed by backward
+        self._blocked: tuple[np.ndarray, np.ndarray] | None = None  # input and Wk or U, for backward
         self._input_shape: tuple[int, ...] | None = None
 
     # -- forward -----------------------------------------------------------------------------------
@@ -177,8 +181,8 @@ class Conv2D(Layer):
     def forward(self, x, training=False):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2D expects (N, {self.in_channels}, H, W), got {x.shape}")
-        if self.method == "winograd":
-            return self._winograd_forward(x, training)
+        if self.method != "im2col":
+            return self._blocked_forward(x, training)
         xt = channel_major(x)
         _, n, h, w = xt.shape
         dtype = np.result_type(x.dtype, self.params["W"].dtype)
@@ -196,40 +200,38 @@ class Conv2D(Layer):
 
     # -- backward ----------------------------------------------------------------------------------
 
-    def _winograd_forward(self, x, training):
-        xs = spatial_major(x)  # (H, W, N, C)
-        h, w, n, c = xs.shape
-        weight = self.params["W"]
-        dtype = np.result_type(x.dtype, weight.dtype)
-        if c < DIRECT_BELOW:
-            cols = (self._work if training else _WINOGRAD_SCRATCH).get("cols", (h, w, n, 9, c), dtype)
-            self._tiles = ("direct", cols) if training else None
-            return from_spatial_major(winograd.direct_forward(xs, weight, self.params["b"], cols, _WINOGRAD_SCRATCH))
-        u = winograd.transform_weights(weight.reshape(self.out_channels, c, 3, 3))
-        v = None
-        if training:
-            ty, tx = winograd.tiles(h, w)
-            v = self._work.get("v", (16, ty * tx * n, c), dtype)
-        self._tiles = (u, v) if training else None
-        return from_spatial_major(winograd.forward(xs, u, self.params["b"], _WINOGRAD_SCRATCH, v))
+    def _uses_winograd(self) -> bool:
+        """Whether the winograd method applies F(2x2, 3x3) here: with fewer than DIRECT_BELOW input
+        channels its transforms would cost more than the products they save, so im2col blocks do."""
+        return self.method == "winograd" and self.in_channels >= DIRECT_BELOW
 
-    def _winograd_backward(self, grad_out):
-        (u, v), self._tiles = self._tiles, None
-        dy = spatial_major(grad_out)  # (H, W, N, F)
-        grad_w = self.grads["W"].reshape(self.out_channels, self.in_channels, 3, 3)
-        if isinstance(u, str):  # the direct product, v its nine shifted copies
-            dx = winograd.direct_backward(dy, self.params["W"], v, grad_w, _WINOGRAD_SCRATCH, self.needs_input_grad)
+    def _blocked_forward(self, x, training):
+        xl = channels_last(x)
+        weight, bias = self.params["W"], self.params["b"]
+        if self._uses_winograd():
+            kernel = winograd.transform_weights(weight.reshape(self.out_channels, self.in_channels, 3, 3))
+            y = blocked.winograd_forward(xl, kernel, bias)
         else:
-            du = np.empty_like(u)
-            dx = winograd.backward(dy, u, v, du, _WINOGRAD_SCRATCH, self.needs_input_grad)
-            winograd.weight_grad(du, grad_w)
-        dy2 = dy.reshape(-1, self.out_channels)
-        np.matmul(_WINOGRAD_SCRATCH.ones(len(dy2), dy2.dtype), dy2, out=self.grads["b"])
-        return None if dx is None else from_spatial_major(dx)
+            kernel = blocked.kernel_matrix(weight, self.in_channels, self.kernel_size)
+            y = blocked.forward(xl, kernel, bias, self.kernel_size)
+        self._blocked = (xl, kernel) if training else None
+        return from_channels_last(y)
+
+    def _blocked_backward(self, grad_out):
+        (xl, kernel), self._blocked = self._blocked, None
+        dy = channels_last(grad_out)
+        if self._uses_winograd():
+            grad_u, self.grads["b"][...], dx = blocked.winograd_backward(xl, dy, kernel, self.needs_input_grad)
+            winograd.weight_grad(grad_u, self.grads["W"].reshape(self.out_channels, self.in_channels, 3, 3))
+        else:
+            k = self.kernel_size
+            grad_wk, self.grads["b"][...], dx = blocked.backward(xl, dy, kernel, k, self.needs_input_grad)
+            self.grads["W"][...] = blocked.kernel_matrix_adjoint(grad_wk, self.in_channels, k)
+        return None if dx is None else from_channels_last(dx)
 
     def backward(self, grad_out):
-        if self._tiles is not None:
-            return self._winograd_backward(grad_out)
+        if self._blocked is not None:
+            return self._blocked_backward(grad_out)
         if self._cols is None:
             raise RuntimeError("Conv2D.backward needs a preceding forward(x, training=True) "
                                "(and runs once per forward: it reuses the column buffer)")
@@ -289,7 +291,7 @@ class MaxPool2D(Layer):
 
     Pooling runs in two passes, first across each window's rows, then across its columns, in the
     input's memory layout, which the output keeps: on (N*C, H, W) planes (channel-major or plain
-    (N, C, H, W)), or on the (H, W, N*C) pixel blocks of a spatial-major input.
+    (N, C, H, W)), or on the (N, H, W, C) pixels of a channels-last input.
     """
 
     kind = "maxpool2d"
@@ -324,8 +326,8 @@ class MaxPool2D(Layer):
         s = self.size
         n, c, h, w = x.shape
         ho, wo = h // s, w // s
-        if is_spatial_major(x):
-            return self._forward_spatial(x, training)
+        if is_channels_last(x) and not x.flags.c_contiguous:
+            return self._forward_channels_last(x, training)
         channel_first = not x.flags.c_contiguous
         planes = (channel_major(x) if channel_first else x).reshape(n * c, h, w)
         if (ho * s, wo * s) != (h, w):
@@ -346,7 +348,7 @@ class MaxPool2D(Layer):
             raise RuntimeError("MaxPool2D.backward needs a preceding forward(x, training=True)")
         (n, c, h, w), channel_first, row_arg, col_arg = self._cache
         if channel_first is None:
-            return self._backward_spatial(grad_out)
+            return self._backward_channels_last(grad_out)
         s = self.size
         ho, wo = h // s, w // s
         g = (channel_major(grad_out) if channel_first else np.ascontiguousarray(grad_out)).reshape(-1)
@@ -369,34 +371,34 @@ class MaxPool2D(Layer):
             window[...] = rows.reshape(window.shape)
         return from_channel_major(planes) if channel_first else planes
 
-    def _forward_spatial(self, x, training):
-        """Pooling of spatial-major x: (H, W, N*C) -> (Ho, Wo, N*C), rows, then columns."""
+    def _forward_channels_last(self, x, training):
+        """Pooling of channels-last x as (N * H, W, C) pixel rows -> (N, Ho, Wo, C), rows, then columns."""
         s = self.size
         n, c, h, w = x.shape
         ho, wo = h // s, w // s
-        pixels = spatial_major(x)[:ho * s, :wo * s].reshape(ho, s, wo * s, n * c)
-        row_max, row_arg = self._reduce([pixels[:, a] for a in range(s)], (ho, wo, s, n * c), x.dtype)
-        out, col_arg = self._reduce([row_max[:, :, b] for b in range(s)], (ho, wo, n * c), x.dtype)
+        pixels = channels_last(x)[:, :ho * s, :wo * s].reshape(n * ho, s, wo * s, c)
+        row_max, row_arg = self._reduce([pixels[:, a] for a in range(s)], (n * ho, wo, s, c), x.dtype)
+        out, col_arg = self._reduce([row_max[:, :, b] for b in range(s)], (n * ho, wo, c), x.dtype)
         self._cache = (x.shape, None, row_arg, col_arg) if training else None
-        return from_spatial_major(out.reshape(ho, wo, n, c))
+        return from_channels_last(out.reshape(n, ho, wo, c))
 
-    def _backward_spatial(self, grad_out):
+    def _backward_channels_last(self, grad_out):
         (n, c, h, w), _, row_arg, col_arg = self._cache
         s = self.size
         ho, wo = h // s, w // s
-        g = spatial_major(grad_out).reshape(ho, wo, n * c)
-        g_cols = np.empty((ho, wo, s, n * c), dtype=grad_out.dtype)  # to the winning column ...
+        g = channels_last(grad_out).reshape(n * ho, wo, c)
+        g_cols = np.empty((n * ho, wo, s, c), dtype=grad_out.dtype)  # to the winning column ...
         for b in range(s):
             np.multiply(g, col_arg == b, out=g_cols[:, :, b])
-        g_cols = g_cols.reshape(ho, wo * s, n * c)
-        rows = np.empty((ho, s, wo * s, n * c), dtype=grad_out.dtype)  # ... then to the winning row
+        g_cols = g_cols.reshape(n * ho, wo * s, c)
+        rows = np.empty((n * ho, s, wo * s, c), dtype=grad_out.dtype)  # ... then to the winning row
         for a in range(s):
             np.multiply(g_cols, row_arg.reshape(g_cols.shape) == a, out=rows[:, a])
         if (ho * s, wo * s) == (h, w):
-            return from_spatial_major(rows.reshape(h, w, n, c))
-        pixels = np.zeros((h, w, n, c), dtype=grad_out.dtype)
-        pixels[:ho * s, :wo * s] = rows.reshape(ho * s, wo * s, n, c)
-        return from_spatial_major(pixels)
+            return from_channels_last(rows.reshape(n, h, w, c))
+        pixels = np.zeros((n, h, w, c), dtype=grad_out.dtype)
+        pixels[:, :ho * s, :wo * s] = rows.reshape(n, ho * s, wo * s, c)
+        return from_channels_last(pixels)
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -416,9 +418,9 @@ def conv_feature_layers(channels, kernel_size, batch_norm, activation, init, rng
     """VGG-style blocks for (N, 1, H, W) input, one per entry of ``channels``:
 
     Conv2D -> [BatchNorm2D] -> activation -> Conv2D -> [BatchNorm2D] -> activation -> MaxPool2D(2).
-    ``conv`` "auto" computes 3x3 convolutions by Winograd, others by im2col; "im2col" all by im2col.
+    ``conv`` is a :data:`METHODS` entry, or "auto": Winograd for 3x3 kernels, blocked im2col otherwise.
     """
-    method = "winograd" if conv == "auto" and kernel_size == 3 else "im2col"
+    method = conv if conv in METHODS else "winograd" if kernel_size == 3 else "blocked"
     layers: list[Layer] = []
     in_channels = 1
     for out_channels in channels:

@@ -119,9 +119,42 @@ def _a(d0: np.ndarray, d1: np.ndarray, dst: np.ndarray) -> None:
     np.negative(d1, out=dst[3])
 
 
+def _padded(x: np.ndarray, work: Workspace, dtype) -> np.ndarray:
+    """Spatial-major x (H, W, N, C) zero-padded to (2 TY + 2, 2 TX + 2, N, C), in ``work``'s scratch."""
+    h, w, n, c = x.shape
+    ty, tx = tiles(h, w)
+    padded = work.get("padded", (2 * ty + 2, 2 * tx + 2, n, c), dtype)
+    padded[0] = 0
+    padded[h + 1:] = 0
+    padded[1:h + 1, 0] = 0
+    padded[1:h + 1, w + 1:] = 0
+    padded[1:h + 1, 1:w + 1] = x
+    return padded
+
+
+def _transform_rows(padded: np.ndarray, t0: int, t1: int, vb: np.ndarray, work: Workspace) -> None:
+    """V of tile rows t0:t1 (B^T d B of each 4 x 4 input tile) into ``vb`` (16, (t1 - t0) * TX * N, C)."""
+    tx = (padded.shape[1] - 2) // 2
+    n, c = padded.shape[2:]
+    rows = work.get("rows", (4, t1 - t0, 2 * tx + 2, n, c), padded.dtype)
+    _b_transpose(padded[2 * t0:2 * t1 + 2], rows, 0)
+    _b_transpose(rows, vb.reshape(4, 4, t1 - t0, tx, n, c), 2)
+
+
+def transform_input(x: np.ndarray, work: Workspace) -> np.ndarray:
+    """The transformed input tiles V (16, TY * TX * N, C) of spatial-major x (H, W, N, C), in ``work``'s
+    scratch (what :func:`backward` needs)."""
+    h, w, n, c = x.shape
+    ty, tx = tiles(h, w)
+    v = work.get("v_input", (16, ty * tx * n, c), x.dtype)
+    _transform_rows(_padded(x, work, x.dtype), 0, ty, v, work)
+    return v
+
+
 def forward(x: np.ndarray, u: np.ndarray, bias: np.ndarray, work: Workspace,
-            v: np.ndarray | None = None) -> np.ndarray:
-    """'Same' 3x3 convolution of spatial-major x (H, W, N, C) -> new y (H, W, N, F).
+            v: np.ndarray | None = None, scratch_output: bool = False) -> np.ndarray:
+    """'Same' 3x3 convolution of spatial-major x (H, W, N, C) -> y (H, W, N, F), a new array (a view
+    of ``work``'s scratch with ``scratch_output``).
 
     ``u`` (16, C, F) from :func:`transform_weights`; ``bias`` (F,). ``v`` (16, TY * TX * N, C),
     if given, receives the transformed input tiles that :func:`backward` needs.
@@ -130,21 +163,15 @@ def forward(x: np.ndarray, u: np.ndarray, bias: np.ndarray, work: Workspace,
     f = u.shape[2]
     ty, tx = tiles(h, w)
     dtype = np.result_type(x.dtype, u.dtype)
-    padded = work.get("padded", (2 * ty + 2, 2 * tx + 2, n, c), dtype)
-    padded[0] = 0
-    padded[h + 1:] = 0
-    padded[1:h + 1, 0] = 0
-    padded[1:h + 1, w + 1:] = 0
-    padded[1:h + 1, 1:w + 1] = x
-    y = np.empty((2 * ty, 2 * tx, n, f), dtype=dtype)
+    padded = _padded(x, work, dtype)
+    shape = (2 * ty, 2 * tx, n, f)
+    y = work.get("y", shape, dtype) if scratch_output else np.empty(shape, dtype=dtype)
     y6 = y.reshape(ty, 2, tx, 2, n, f)
     per_row = tx * n * max(c, f)
     for t0, t1 in _blocks(ty, per_row):
         tb, rows_t = t1 - t0, (t1 - t0) * tx * n
-        rows = work.get("rows", (4, tb, 2 * tx + 2, n, c), dtype)
-        _b_transpose(padded[2 * t0:2 * t1 + 2], rows, 0)
         vb = work.get("v", (16, rows_t, c), dtype) if v is None else v[:, t0 * tx * n:t1 * tx * n]
-        _b_transpose(rows, vb.reshape(4, 4, tb, tx, n, c), 2)
+        _transform_rows(padded, t0, t1, vb, work)
         m = work.get("m", (16, rows_t, f), dtype)
         for xi in range(16):
             np.matmul(vb[xi], u[xi], out=m[xi])
@@ -155,14 +182,15 @@ def forward(x: np.ndarray, u: np.ndarray, bias: np.ndarray, work: Workspace,
         for i in range(2):
             _a_transpose(half[i], y6[t0:t1, i, :, 0], y6[t0:t1, i, :, 1])
     if (2 * ty, 2 * tx) != (h, w):
-        y = np.ascontiguousarray(y[:h, :w])
+        y = y[:h, :w] if scratch_output else np.ascontiguousarray(y[:h, :w])
     return y
 
 
 def backward(dy: np.ndarray, u: np.ndarray, v: np.ndarray, du: np.ndarray, work: Workspace,
-             input_grad: bool = True) -> np.ndarray | None:
+             input_grad: bool = True, scratch_output: bool = False) -> np.ndarray | None:
     """Gradients of :func:`forward` for spatial-major dy (H, W, N, F): dU (16, C, F) into ``du``,
-    and dx (H, W, N, C) returned (a new array; None unless ``input_grad``). ``v`` is the forward's."""
+    and dx (H, W, N, C) returned (a new array, a view of ``work``'s scratch with ``scratch_output``;
+    None unless ``input_grad``). ``v`` is the forward's."""
     h, w, n, f = dy.shape
     c = u.shape[1]
     ty, tx = tiles(h, w)
@@ -200,47 +228,6 @@ def backward(dy: np.ndarray, u: np.ndarray, v: np.ndarray, du: np.ndarray, work:
         _b_transpose_adjoint(rows, padded[2 * t0:2 * t1 + 2], 0, work.get("scratch", rows.shape[1:], dtype))
         if carried is not None:
             padded[2 * t0:2 * t0 + 2] += carried
-    return np.ascontiguousarray(padded[1:h + 1, 1:w + 1]) if input_grad else None
-
-
-def direct_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, cols: np.ndarray,
-                   work: Workspace) -> np.ndarray:
-    """'Same' 3x3 convolution of spatial-major x (H, W, N, C) with ``weight`` (F, C * 9 or C, 3, 3)
-    -> new y (H, W, N, F), as one product
-    with its nine shifted copies, ``cols`` (H, W, N, 9, C), which :func:`direct_backward` reuses.
-
-    For few input channels (the first layer: C = 1) this beats Winograd, whose transforms cost
-    the same whatever C while its products shrink with it.
-    """
-    h, w, n, c = x.shape
-    f = weight.shape[0]
-    padded = work.get("padded", (h + 2, w + 2, n, c), cols.dtype)
-    padded[[0, -1]] = 0
-    padded[1:-1, [0, -1]] = 0
-    padded[1:-1, 1:-1] = x
-    for k in range(9):
-        cols[:, :, :, k] = padded[k // 3:k // 3 + h, k % 3:k % 3 + w]
-    taps = weight.reshape(f, c, 9).transpose(2, 1, 0).reshape(9 * c, f)  # row 9-tap k, channel c: k * C + c
-    y = cols.reshape(h * w * n, 9 * c) @ taps
-    y += bias
-    return y.reshape(h, w, n, f)
-
-
-def direct_backward(dy: np.ndarray, weight: np.ndarray, cols: np.ndarray, grad_w: np.ndarray,
-                    work: Workspace, input_grad: bool = True) -> np.ndarray | None:
-    """Gradients of :func:`direct_forward`: dW (F, C, 3, 3) into ``grad_w``; dx (H, W, N, C) returned
-    (None unless ``input_grad``)."""
-    h, w, n, f = dy.shape
-    c = cols.shape[-1]
-    dy2 = dy.reshape(h * w * n, f)
-    cols2 = cols.reshape(h * w * n, 9 * c)
-    grad_w[...] = (cols2.T @ dy2).reshape(9, c, f).transpose(2, 1, 0).reshape(grad_w.shape)
     if not input_grad:
         return None
-    taps = weight.reshape(f, c, 9).transpose(2, 1, 0).reshape(9 * c, f)
-    dcols = (dy2 @ taps.T).reshape(h, w, n, 9, c)
-    padded = work.get("padded", (h + 2, w + 2, n, c), dcols.dtype)
-    padded[...] = 0
-    for k in range(9):
-        padded[k // 3:k // 3 + h, k % 3:k % 3 + w] += dcols[:, :, :, k]
-    return np.ascontiguousarray(padded[1:-1, 1:-1])
+    return padded[1:h + 1, 1:w + 1] if scratch_output else np.ascontiguousarray(padded[1:h + 1, 1:w + 1])
