@@ -87,7 +87,7 @@ def main() -> None:
         plot_confusion_matrix(confusion_matrix(labels, predicted, len(classes)), classes,
                               figures / "confusion_matrix.png")
         plot_reliability(calibration, figures / "reliability.png",
-                         f"Test-set reliability (temperature {network.temperature:g})")
+                         f"Test-set reliability, T = {network.temperature:.3g}")
         plot_misclassified(images, labels, predicted, probabilities, classes, figures / "misclassified.png",
                            params["evaluate"]["gallery_size"])
     print(f"evaluate: test accuracy={report['accuracy']:.4f} loss={report['loss']:.4f} on "
