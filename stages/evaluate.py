@@ -2,7 +2,9 @@
 
 Logs through DVCLive: its summary is metrics/eval.json (accuracy, loss, macro and
 per-class precision/recall/F1, and ``ece``, the expected calibration error over 15
-confidence bins); dvclive/evaluate/plots/ holds the confusion data
+confidence bins, all of the probabilities the model reports: softmax(logits / temperature);
+``temperature`` is the model's, ``ece_uncalibrated`` and ``loss_uncalibrated`` those of
+softmax(logits)); dvclive/evaluate/plots/ holds the confusion data
 (sklearn/confusion_matrix.json: actual and predicted class names, one record per test
 image), the reliability diagram's bins (custom/reliability.json: mean confidence,
 accuracy and image count per non-empty bin) and the PNGs images/loss_curve.png,
@@ -20,11 +22,12 @@ import numpy as np
 from mnist_classification.data.preprocessing import load_prepared, standardise
 from mnist_classification.infra.errors import PipelineError, run_cli
 from mnist_classification.infra.params import load_params
+from mnist_classification.nn.losses import softmax
 from mnist_classification.nn.network import load_network
 from mnist_classification.reports.calibration import reliability
 from mnist_classification.reports.history import read_history
 from mnist_classification.reports.live import staged_live
-from mnist_classification.reports.metrics import classification_report, confusion_matrix
+from mnist_classification.reports.metrics import classification_report, confusion_matrix, cross_entropy
 from mnist_classification.reports.plotting import (
     plot_accuracy,
     plot_confusion_matrix,
@@ -54,7 +57,8 @@ def main() -> None:
                             f"classes; re-run the pipeline (dvc repro)")
 
     with np.errstate(over="ignore", invalid="ignore"):
-        probabilities = network.predict_proba(standardise(images, network.mean, network.std))
+        logits = network.predict_logits(standardise(images, network.mean, network.std))
+        probabilities = network.probabilities(logits)
     if not np.all(np.isfinite(probabilities)):
         raise PipelineError(f"model file {MODEL} gives NaN or infinite outputs on {TEST} (its weights "
                             "overflow); retrain it with a smaller train.lr (dvc repro)")
@@ -62,6 +66,10 @@ def main() -> None:
     report = classification_report(labels, predicted, probabilities, classes)
     calibration = reliability(probabilities, labels)
     report["ece"] = round(calibration.expected_calibration_error, 6)
+    uncalibrated = softmax(logits)
+    report["temperature"] = network.temperature
+    report["ece_uncalibrated"] = round(reliability(uncalibrated, labels).expected_calibration_error, 6)
+    report["loss_uncalibrated"] = round(cross_entropy(labels, uncalibrated), 6)
 
     with staged_live(PLOTS, METRICS) as live:  # metrics and every plot change together, at the end
         live.summary.update(report)
@@ -78,7 +86,8 @@ def main() -> None:
         plot_accuracy(history, figures / "accuracy_plot.png")
         plot_confusion_matrix(confusion_matrix(labels, predicted, len(classes)), classes,
                               figures / "confusion_matrix.png")
-        plot_reliability(calibration, figures / "reliability.png", "Test-set reliability")
+        plot_reliability(calibration, figures / "reliability.png",
+                         f"Test-set reliability, T = {network.temperature:.3g}")
         plot_misclassified(images, labels, predicted, probabilities, classes, figures / "misclassified.png",
                            params["evaluate"]["gallery_size"])
     print(f"evaluate: test accuracy={report['accuracy']:.4f} loss={report['loss']:.4f} on "

@@ -2,8 +2,11 @@
 
 Every epoch is logged live through DVCLive to dvclive/train/ (metrics.json: the latest epoch;
 plots/metrics/: one TSV per metric), so `dvc exp show` and VS Code follow a running experiment.
-The model, its history and its final metrics (with the numerical environment) are written together
-at the end.
+After training (``train.calibrate``), a softmax temperature is fitted on the validation split and
+stored in the model if it helps (:func:`mnist_classification.reports.calibration.calibrate`);
+metrics/train.json's ``calibration`` records it and the validation cross-entropy and ECE before and
+after. The model, its history and its final metrics (with the numerical environment) are written
+together at the end.
 """
 
 import resource
@@ -28,6 +31,7 @@ from mnist_classification.nn.network import build_network
 from mnist_classification.nn.optimizers import make_optimizer
 from mnist_classification.nn.schedules import Schedule
 from mnist_classification.nn.training import train
+from mnist_classification.reports.calibration import calibrate
 from mnist_classification.reports.history import write_history
 from mnist_classification.reports.live import StageLive
 
@@ -72,6 +76,11 @@ def main() -> None:
                            augment=augment, progress=True, on_epoch_end=log_epoch)
 
         best = result.history[result.best_epoch - 1]
+        calibration = {"temperature": 1.0}
+        if p["calibrate"]:
+            scaling = calibrate(network.predict_logits(val_images), val_labels)
+            network.temperature = scaling.temperature
+            calibration = scaling.summary()
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with atomic.all_or_nothing():  # the model, its history and its metrics change together
             network.save(MODEL)
@@ -88,10 +97,11 @@ def main() -> None:
                 "train_seconds": round(result.seconds, 2),
                 "samples_per_second": round(result.samples_seen / result.seconds, 1),
                 "peak_memory_mib": round(peak_kib / 1024, 1),
+                "calibration": calibration,
                 "environment": numerical_environment(),
             })
     print(f"train: best epoch {result.best_epoch} val_accuracy={best['val_accuracy']:.4f}, "
-          f"{result.seconds:.1f}s; wrote {MODEL}", file=sys.stderr)
+          f"temperature {network.temperature:g}, {result.seconds:.1f}s; wrote {MODEL}", file=sys.stderr)
 
 
 if __name__ == "__main__":

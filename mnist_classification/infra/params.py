@@ -185,6 +185,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
                           check=_non_negative, expect="a whole number >= 0"),
         "seed": Field("int", 0, "seed of initialisation, shuffling, dropout and augmentation",
                       check=_non_negative, expect="a seed >= 0"),
+        "calibrate": Field("bool", True, "after training, fit a softmax temperature on the validation split "
+                           "and keep it in the model if it lowers the validation cross-entropy without "
+                           "worsening the validation ECE (false: temperature 1)"),
         "cnn": {
             "channels": Field("int_list", [32, 64], "output channels of each conv block",
                               check=_positive_widths, expect="a non-empty list of positive channel counts"),

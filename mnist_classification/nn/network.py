@@ -2,7 +2,8 @@
 
 The model file is a plain ``.npz`` that loads with ``allow_pickle=False``:
 ``architecture`` holds JSON (format tag, input shape, class names,
-normalisation statistics, layer configs and a SHA-256 of every array), and
+normalisation statistics, the softmax temperature, layer configs and a SHA-256
+of every array), and
 ``<layer index>.<name>`` holds each parameter or buffer as float32. Loading
 (:func:`load_network`) checks everything the header and the archive's table of
 contents tell before it loads any array, then rebuilds every layer from its
@@ -41,18 +42,27 @@ MAX_SIZE = 2**31 - 1
 #: Largest ``architecture`` entry accepted (the CNN's is about 4 KB).
 MAX_ARCHITECTURE_BYTES = 1 << 20
 _HEADER_KEYS = {"format", "input_shape", "classes", "normalisation", "layers", "sha256"}
+#: Header keys a file may lack (files written before they existed): key -> value assumed.
+_OPTIONAL_HEADER_KEYS = {"temperature": 1.0}
+#: Range a temperature must lie in, to be stored or loaded.
+TEMPERATURE_RANGE = (1e-3, 1e3)
 _HINT = "train one with `dvc repro` or pass --model PATH"
 
 
 class Network:
-    """Layers applied in order to standardised images (N, H, W) float32, giving logits (N, K)."""
+    """Layers applied in order to standardised images (N, H, W) float32, giving logits (N, K).
+
+    ``temperature`` T > 0 calibrates the reported probabilities: softmax(logits / T)
+    (1.0 = the logits as trained; fitted after training, see ``reports.calibration``).
+    """
 
     def __init__(self, layers: list[Layer], input_shape: tuple[int, int], classes: list[str],
-                 mean: float, std: float) -> None:
+                 mean: float, std: float, temperature: float = 1.0) -> None:
         self.layers = layers
         self.input_shape = tuple(int(d) for d in input_shape)
         self.classes = list(classes)
         self.mean, self.std = float(mean), float(std)
+        self.temperature = float(temperature)
         # Nothing uses the gradient with respect to the images: layers up to and including
         # the first one with parameters skip computing their input gradient.
         for layer in layers:
@@ -76,12 +86,20 @@ class Network:
         return [(layer.params[name], layer.grads[name], name in layer.decayed)
                 for layer in self.layers for name in layer.params]
 
-    def predict_proba(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Class probabilities (N, K) float32 for standardised images x (N, H, W)."""
+    def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Logits (N, K) float32 for standardised images x (N, H, W), in inference mode."""
         out = np.empty((len(x), len(self.classes)), dtype=np.float32)
         for start in range(0, len(x), batch_size):
-            out[start:start + batch_size] = softmax(self.forward(x[start:start + batch_size], False))
+            out[start:start + batch_size] = self.forward(x[start:start + batch_size], False)
         return out
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities softmax(logits / temperature) (N, K) float32 from logits (N, K)."""
+        return softmax(logits / np.float32(self.temperature))
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Calibrated class probabilities (N, K) float32 for standardised images x (N, H, W)."""
+        return self.probabilities(self.predict_logits(x, batch_size))
 
     def state(self) -> dict[str, np.ndarray]:
         """Copies of every parameter and buffer, keyed ``<layer index>.<name>``."""
@@ -100,11 +118,14 @@ class Network:
 
     def architecture(self) -> dict:
         return {"format": FORMAT, "input_shape": list(self.input_shape), "classes": self.classes,
-                "normalisation": {"mean": self.mean, "std": self.std},
+                "normalisation": {"mean": self.mean, "std": self.std}, "temperature": self.temperature,
                 "layers": [layer.config() for layer in self.layers]}
 
     def save(self, path: str | Path) -> None:
-        """Write the model atomically; refuses to write non-finite weights."""
+        """Write the model atomically; refuses to write non-finite weights or a temperature out of range."""
+        if not _valid_temperature(self.temperature):
+            raise PipelineError(f"refusing to write {path}: temperature {self.temperature!r} is not "
+                                f"{_TEMPERATURE_EXPECTED}")
         arrays = self.state()
         for key, array in arrays.items():
             if not np.all(np.isfinite(array)):
@@ -122,6 +143,13 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
         digest.update(str(arrays[key].shape).encode())
         digest.update(np.ascontiguousarray(arrays[key], dtype=np.float32).tobytes())
     return digest.hexdigest()
+
+
+_TEMPERATURE_EXPECTED = f"a finite number from {TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g}"
+
+
+def _valid_temperature(value) -> bool:
+    return type(value) in (int, float) and TEMPERATURE_RANGE[0] <= value <= TEMPERATURE_RANGE[1]
 
 
 def _brief(value) -> str:
@@ -180,9 +208,10 @@ def load_network(path: str | Path) -> Network:
 
     Everything the file's header and table of contents tell is checked before any
     array is loaded: the architecture (known keys and layer types, sizes in range,
-    finite normalisation), that each layer's input fits the previous layer's output,
-    that the file holds exactly the arrays the layers need, as float32 of the right
-    shapes, and that they fit in memory. Then the arrays are loaded, checked for
+    finite normalisation, a temperature in :data:`TEMPERATURE_RANGE`, 1.0 if absent),
+    that each layer's input fits the previous layer's output, that the file holds
+    exactly the arrays the layers need, as float32 of the right shapes, and that
+    they fit in memory. Then the arrays are loaded, checked for
     NaN/inf and against the SHA-256 recorded at training, and become the layers' params.
     """
     path = Path(path)
@@ -198,7 +227,8 @@ def load_network(path: str | Path) -> Network:
     for index, layer in enumerate(layers):
         layer.adopt({name: arrays[f"{index}.{name}"] for name in layer.array_shapes()})
     (height, width), normalisation = header["input_shape"], header["normalisation"]
-    return Network(layers, (height, width), header["classes"], normalisation["mean"], normalisation["std"])
+    return Network(layers, (height, width), header["classes"], normalisation["mean"], normalisation["std"],
+                   header["temperature"])
 
 
 def _read_header(archive: NpzArchive) -> dict:
@@ -218,7 +248,8 @@ def _read_header(archive: NpzArchive) -> dict:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         found = header.get("format") if isinstance(header, dict) else header
         raise ValueError(f"unknown format {_brief(found)}; expected {FORMAT}")
-    unknown, missing = sorted(header.keys() - _HEADER_KEYS), sorted(_HEADER_KEYS - header.keys())
+    unknown = sorted(header.keys() - _HEADER_KEYS - _OPTIONAL_HEADER_KEYS.keys())
+    missing = sorted(_HEADER_KEYS - header.keys())
     if unknown or missing:
         problems = [f"{label} {_brief(keys)}" for label, keys in (("unknown keys", unknown), ("missing", missing))
                     if keys]
@@ -232,6 +263,9 @@ def _read_header(archive: NpzArchive) -> dict:
     if not (isinstance(norm, dict) and norm.keys() == {"mean", "std"}
             and all(type(v) in (int, float) and math.isfinite(v) for v in norm.values()) and norm["std"] > 0):
         raise ValueError(f"normalisation is {_brief(norm)}; expected finite mean and std, std > 0")
+    header = {**_OPTIONAL_HEADER_KEYS, **header}
+    if not _valid_temperature(header["temperature"]):
+        raise ValueError(f"temperature is {_brief(header['temperature'])}; expected {_TEMPERATURE_EXPECTED}")
     if not (isinstance(header["layers"], list) and header["layers"]):
         raise ValueError(f"layers is {_brief(header['layers'])}; expected a non-empty list of layer configs")
     if not (isinstance(header["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", header["sha256"])):

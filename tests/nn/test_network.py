@@ -12,6 +12,7 @@ from mnist_classification.infra import atomic
 from mnist_classification.infra.errors import PipelineError
 from mnist_classification.infra.params import validate
 from mnist_classification.nn.layers import Dense
+from mnist_classification.nn.losses import softmax
 from mnist_classification.nn.network import FORMAT, build_network, load_network
 
 CLASSES = [str(i) for i in range(10)]
@@ -112,6 +113,11 @@ BAD_HEADERS = {
     "no classes": (_set(("classes",), []), "classes is \\[\\]; expected a non-empty list"),
     "too few classes": (_set(("classes",), ["a", "b"]), r"the layers produce \(10,\) outputs for 2 classes"),
     "a layer config that is a list": (_set(("layers", 0), [[[]]]), r"layer 0: unknown layer type \[\[\[\]\]\]"),
+    **{f"temperature {value!r}": (_set(("temperature",), value),
+                                  f"^temperature is {re.escape(shown)}; expected a finite number from 0.001 to 1000$")
+       for value, shown in ((0, "0"), (-2.5, "-2.5"), (float("nan"), "nan"), (float("inf"), "inf"),
+                            (1e4, "10000.0"), (0.0009, "0.0009"), ("2.5", "'2.5'"), (True, "True"),
+                            (None, "None"), ([2.5], "[2.5]"))},
 }
 
 
@@ -121,8 +127,9 @@ def test_bad_architecture(model_file, case):
     _edit_header(model_file, edit)
     with pytest.raises(PipelineError) as info:
         load_network(model_file)
-    assert str(info.value).startswith(f"model file {model_file} is invalid: ")
-    assert re.search(message, str(info.value)), str(info.value)
+    prefix = f"model file {model_file} is invalid: "
+    assert str(info.value).startswith(prefix)
+    assert re.search(message, str(info.value).removeprefix(prefix)), str(info.value)
 
 
 def test_architecture_nested_too_deeply(model_file):
@@ -198,5 +205,38 @@ def test_refuses_to_save_nan_weights(tmp_path):
     net = _mlp()
     net.layers[1].params["W"][0, 0] = np.nan
     with pytest.raises(PipelineError, match="NaN"):
+        net.save(tmp_path / "model.npz")
+    assert not (tmp_path / "model.npz").exists()
+
+
+def test_temperature_round_trips_and_divides_the_logits(tmp_path):
+    net = _mlp()
+    net.layers[-1].params["W"] *= 20  # spread the logits so that the temperature matters
+    net.temperature = 2.5
+    net.save(tmp_path / "model.npz")
+    loaded = load_network(tmp_path / "model.npz")
+    assert loaded.temperature == 2.5
+    x = np.random.default_rng(0).standard_normal((6, 28, 28)).astype(np.float32)
+    logits = loaded.predict_logits(x).astype(np.float64)
+    expected = np.exp(logits / 2.5) / np.exp(logits / 2.5).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(loaded.predict_proba(x), expected, atol=1e-6)
+    np.testing.assert_array_equal(loaded.predict_proba(x).argmax(axis=1), logits.argmax(axis=1))
+    assert np.abs(softmax(logits) - expected).max() > 0.05
+
+
+def test_a_model_file_without_a_temperature_loads_with_temperature_one(model_file):
+    """Files written before temperature scaling have no ``temperature`` key: their probabilities are unchanged."""
+    _edit_header(model_file, lambda header: header.pop("temperature"))
+    loaded = load_network(model_file)
+    assert loaded.temperature == 1.0
+    x = np.random.default_rng(0).standard_normal((4, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_proba(x), softmax(loaded.predict_logits(x)))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf"), 1e4])
+def test_refuses_to_save_a_temperature_out_of_range(tmp_path, temperature):
+    net = _mlp()
+    net.temperature = temperature
+    with pytest.raises(PipelineError, match="temperature .* is not a finite number from 0.001 to 1000"):
         net.save(tmp_path / "model.npz")
     assert not (tmp_path / "model.npz").exists()

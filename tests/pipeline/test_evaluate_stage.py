@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_classification.data.preprocessing import load_prepared, standardise
 from mnist_classification.infra.atomic import save_npz, write_csv
 from mnist_classification.infra.params import load_params
-from mnist_classification.nn.network import build_network
+from mnist_classification.nn.network import build_network, load_network
+from mnist_classification.reports.calibration import reliability
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "stages" / "evaluate.py"
@@ -22,13 +24,16 @@ OUTPUTS = ["metrics/eval.json", f"{PLOTS}/sklearn/confusion_matrix.json", f"{PLO
            f"{PLOTS}/images/misclassified.png", f"{PLOTS}/images/reliability.png",
            f"{PLOTS}/custom/reliability.json"]
 N_TEST = 120
+TEMPERATURE = 0.5
 
 
 def make_project(root: Path) -> Path:
-    """A project laid out like the real one, with a tiny untrained model and fake test set."""
+    """A project laid out like the real one, with a tiny untrained model (temperature 0.5) and fake test set."""
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     train = dict(load_params(root / "params.yaml")["train"], model="mlp", hidden=[16])
-    build_network(train, (28, 28), CLASSES, 0.13, 0.31).save(root / "models" / "model.npz")
+    network = build_network(train, (28, 28), CLASSES, 0.13, 0.31)
+    network.temperature = TEMPERATURE
+    network.save(root / "models" / "model.npz")
     rng = np.random.default_rng(0)
     save_npz(root / "data" / "prepared" / "test.npz", {
         "images": rng.integers(0, 256, (N_TEST, 28, 28)).astype(np.uint8),
@@ -81,6 +86,26 @@ def test_ece_agrees_with_the_reliability_bins(evaluated):
     assert all(0 <= row["confidence"] <= 1 and 0 <= row["accuracy"] <= 1 for row in bins)
     ece = sum(row["images"] / N_TEST * abs(row["accuracy"] - row["confidence"]) for row in bins)
     assert report["ece"] == pytest.approx(ece, abs=1e-5)
+
+
+def test_calibrated_and_uncalibrated_figures(evaluated):
+    """ece and loss are those of softmax(logits / T), the *_uncalibrated ones of softmax(logits);
+    the predictions (accuracy) are the logits' argmax either way."""
+    root, _ = evaluated
+    report = json.loads((root / "metrics" / "eval.json").read_text())
+    network = load_network(root / "models" / "model.npz")
+    images, labels = load_prepared(root / "data" / "prepared" / "test.npz")
+    logits = network.predict_logits(standardise(images, network.mean, network.std)).astype(np.float64)
+    labels = labels.astype(np.int64)
+    assert report["temperature"] == TEMPERATURE
+    assert report["accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == labels), abs=1e-6)
+    for key, temperature in (("", TEMPERATURE), ("_uncalibrated", 1.0)):
+        probabilities = np.exp(logits / temperature) / np.exp(logits / temperature).sum(axis=1, keepdims=True)
+        assert report[f"ece{key}"] == pytest.approx(
+            reliability(probabilities, labels).expected_calibration_error, abs=1e-5)
+        loss = -np.mean(np.log(probabilities[np.arange(N_TEST), labels]))
+        assert report[f"loss{key}"] == pytest.approx(loss, abs=1e-5)
+    assert report["ece"] != report["ece_uncalibrated"]
 
 
 def test_confusion_data_has_class_names(evaluated):

@@ -6,6 +6,8 @@ import pytest
 import yaml
 from pipeline_helpers import reproduced_project, run
 
+from mnist_classification.nn.network import load_network
+
 STAGES = ("fetch", "preprocess", "train", "evaluate")
 
 
@@ -45,6 +47,18 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
     assert float(live_history[-1].split("\t")[1]) == live["val"]["accuracy"]
     confusion = json.loads((project / "dvclive/evaluate/plots/sklearn/confusion_matrix.json").read_text())
     assert len(confusion) == 100 and set(confusion[0]) == {"actual", "predicted"}
+
+
+def test_the_fitted_temperature_is_stored_in_the_model_and_used_by_evaluate(project):
+    project, _, _ = project
+    calibration = json.loads((project / "metrics/train.json").read_text())["calibration"]
+    assert set(calibration) == {"temperature", "fitted_temperature", "nll_before", "nll_after", "ece_before",
+                                "ece_after"}
+    assert calibration["temperature"] in (1.0, calibration["fitted_temperature"])
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    assert load_network(project / "models/model.npz").temperature == evaluation["temperature"] == \
+        calibration["temperature"]
+    assert {"ece", "ece_uncalibrated", "loss_uncalibrated"} <= set(evaluation)
 
 
 def test_second_repro_reruns_nothing(project):
@@ -93,3 +107,13 @@ def test_changing_val_fraction_does_not_refetch(project):
     (project / "params.yaml").write_text(params)
     result = run(["dvc", "repro"], project, env)
     assert ran(result.stdout) == {"preprocess", "train", "evaluate"}
+
+
+def test_calibrate_false_keeps_temperature_one(project):
+    project, env, _ = project
+    result = run(["dvc", "exp", "run", "-S", "train.calibrate=false"], project, env)
+    assert ran(result.stdout) == {"train", "evaluate"}
+    assert json.loads((project / "metrics/train.json").read_text())["calibration"] == {"temperature": 1.0}
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    assert evaluation["temperature"] == load_network(project / "models/model.npz").temperature == 1.0
+    assert evaluation["ece"] == evaluation["ece_uncalibrated"]

@@ -606,6 +606,34 @@ def test_chunks_do_not_change_the_results(small_model, tmp_path, monkeypatch):
     assert outputs[0] == outputs[1]
 
 
+def test_predict_reports_the_probabilities_scaled_by_the_model_temperature(tmp_path):
+    """A model stored with temperature 2.5: every probability predict reports (the batch CSV's top three) is
+    softmax(logits / 2.5), not softmax(logits)."""
+    network = build_network(validate({"train": {"hidden": [16]}})["train"], (28, 28), [str(d) for d in range(10)],
+                            mean=0.2, std=0.35)
+    network.layers[-1].params["W"] *= 20  # spread the logits so that the temperature matters
+    network.temperature = 2.5
+    network.save(tmp_path / "model.npz")
+    images = np.random.default_rng(0).integers(0, 256, (20, 28, 28)).astype(np.uint8)
+    np.save(tmp_path / "batch.npy", images)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert predict.run(_args("--model", tmp_path / "model.npz", tmp_path / "batch.npy",
+                                 "--output", tmp_path / "p.csv")) == 0
+    logits = network.predict_logits(standardise(images, network.mean, network.std)).astype(np.float64)
+    calibrated = np.exp(logits / 2.5) / np.exp(logits / 2.5).sum(axis=1, keepdims=True)
+    uncalibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    reported = np.full_like(calibrated, np.nan)
+    for line in (tmp_path / "p.csv").read_text().splitlines()[1:]:
+        index, _, _, top3 = line.split(",")
+        for pair in top3.split():
+            name, probability = pair.split(":")
+            reported[int(index), int(name)] = float(probability)
+    shown = ~np.isnan(reported)
+    assert (shown.sum(axis=1) == 3).all()
+    np.testing.assert_allclose(reported[shown], calibrated[shown], atol=2e-6)
+    assert np.abs(reported[shown] - uncalibrated[shown]).max() > 0.05
+
+
 # --------------------------------------------------------------------------- digits as users' images
 
 
