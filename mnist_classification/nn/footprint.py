@@ -5,11 +5,12 @@ parameters, their gradients, the optimiser's state arrays and scratch, and the
 two copies of the best weights that early stopping keeps at most; and, per
 sample of a training batch, the input image, about eight values per hidden unit
 or feature-map value (layer outputs, activation masks and caches, dropout masks,
-backward gradients) and each convolution's column buffer (in channels x k x k
-values per pixel). It leaves out the data (already loaded when it is checked),
-evaluation batches and temporaries, so it is a lower bound: the default MLP is
-estimated at 23 MiB and the default CNN (hidden [256]) at 518 MiB, against 296 MiB
-and 1.46 GiB peaks measured for the whole train stage with the data.
+backward gradients) and, for the whole-batch im2col method, each convolution's
+column buffer (in channels x k x k values per pixel). It leaves out the data
+(already loaded when it is checked), evaluation batches and temporaries, so it
+is a lower bound: the default MLP is estimated at 23 MiB and the default CNN
+(hidden [256]) at 322 MiB (518 MiB with im2col), against 296 MiB and 1.46 GiB
+peaks measured for the whole train stage with the data (im2col).
 :func:`check_training_memory` compares it with the memory available, so that
 ``train.hidden: [100000000]`` (at least 2.7 TiB) is refused naming that key
 before training starts, instead of failing part way with "out of memory".
@@ -61,7 +62,8 @@ def training_footprint(train: dict, input_shape: tuple[int, int], classes: int) 
             for in_channels in (channels, out_channels):
                 conv_parameters += out_channels * in_channels * k2 + out_channels
                 conv_parameters += 2 * out_channels if cnn["batch_norm"] else 0
-                columns += in_channels * k2 * height * width
+                if cnn["conv"] == "im2col":  # the other methods' columns are per-thread blocks of a few MiB
+                    columns += in_channels * k2 * height * width
                 units += out_channels * height * width
             channels = out_channels
             height, width = height // 2, width // 2
