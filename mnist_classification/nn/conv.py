@@ -155,6 +155,7 @@ class Conv2D(Layer):
             arrays = {"W": init_weights(init, (self.out_channels, fan_in), fan_in, fan_out, rng),
                       "b": np.zeros(self.out_channels, dtype=FLOAT)}
         self.adopt(arrays)
+        self.splits_batch = method != "im2col"
         self._work = Workspace()
         self._cols: np.ndarray | None = None  # forward columns, consumed by backward
         self._blocked: tuple[np.ndarray, np.ndarray] | None = None  # input and Wk or U, for backward

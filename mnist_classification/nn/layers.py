@@ -30,6 +30,8 @@ class Layer:
     decayed: tuple[str, ...] = ()
     #: Names of the arrays (see :meth:`array_shapes`) kept in ``buffers`` rather than ``params``.
     buffer_names: tuple[str, ...] = ()
+    #: Whether the layer computes on blocks of the batch, one core each (see :mod:`.parallel`).
+    splits_batch = False
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}

@@ -19,11 +19,13 @@ import json
 import math
 import re
 import reprlib
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from mnist_classification.infra import atomic
+from mnist_classification.infra.blas import single_threaded_blas
 from mnist_classification.infra.errors import PipelineError
 from mnist_classification.infra.npz import NpyHeader, NpzArchive
 from mnist_classification.nn.activations import ACTIVATIONS
@@ -69,17 +71,23 @@ class Network:
             layer.needs_input_grad = False
             if layer.params:
                 break
+        # Layers that split batches over the cores run one single-threaded BLAS per core; the
+        # others' products then stay single-threaded too, since OpenBLAS's own threads keep
+        # spinning on the cores for about 0.1 s after each multi-threaded product.
+        self._blas_threads = single_threaded_blas if any(layer.splits_batch for layer in layers) else nullcontext
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        with self._blas_threads():
+            for layer in self.layers:
+                x = layer.forward(x, training)
         return x
 
     def backward(self, grad: np.ndarray) -> None:
-        for layer in reversed(self.layers):
-            if not layer.needs_input_grad and not layer.params:
-                break
-            grad = layer.backward(grad)
+        with self._blas_threads():
+            for layer in reversed(self.layers):
+                if not layer.needs_input_grad and not layer.params:
+                    break
+                grad = layer.backward(grad)
 
     def trainable(self) -> list[tuple[np.ndarray, np.ndarray, bool]]:
         """(param, grad, decayed) for every trainable array, in a fixed order."""
