@@ -62,12 +62,21 @@ def query(name: str, restype):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def blas_threads() -> int:
-    """How many threads the BLAS uses for one call (the CPUs this process may use if unknown)."""
+def current_blas_threads() -> int:
+    """How many threads the BLAS uses for a call right now (the CPUs this process may use if unknown)."""
     threads = query("get_num_threads", ctypes.c_int)
     if isinstance(threads, int) and threads > 0:
         return threads
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def blas_threads() -> int:
+    """How many threads the BLAS is set to use outside :func:`single_threaded_blas` blocks
+    (OPENBLAS_NUM_THREADS and the CPU affinity decide)."""
+    with _THREADS_LOCK:
+        if _single_threaded["depth"]:
+            return _single_threaded["restore"]
+    return current_blas_threads()
 
 
 @contextlib.contextmanager
@@ -81,7 +90,7 @@ def single_threaded_blas():
     setter.restype, setter.argtypes = None, [ctypes.c_int]
     with _THREADS_LOCK:
         if _single_threaded["depth"] == 0:
-            _single_threaded["restore"] = blas_threads()
+            _single_threaded["restore"] = current_blas_threads()
             setter(1)
         _single_threaded["depth"] += 1
     try:
