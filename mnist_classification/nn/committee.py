@@ -56,13 +56,10 @@ class Committee:
         self.input_shape, self.classes = first.input_shape, first.classes
         self.mean, self.std = first.mean, first.std
 
-    def member_probabilities(self, x: np.ndarray) -> list[np.ndarray]:
-        """Each member's class probabilities (N, K) for standardised inputs ``x`` (N, *input_shape)."""
-        return [member.predict_proba(x) for member in self.members]
-
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """The committee's class probabilities (N, K): the average of its members'."""
-        return average_probabilities(self.member_probabilities(x))
+        """The committee's class probabilities (N, K) for standardised inputs ``x`` (N, *input_shape): the
+        average of its members' (each calibrated by its own temperature)."""
+        return average_probabilities([member.predict_proba(x) for member in self.members])
 
 
 def load_committee(paths: Sequence[str | Path]) -> Committee:
