@@ -21,8 +21,7 @@ from pipeline_helpers import ROOT, commit_all, make_project, project_env, run, w
 from mnist_classification.data.preprocessing import load_prepared, standardise
 from mnist_classification.nn.network import load_network
 
-TINY_TRAIN = {"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "hidden": [16],
-              "cnn": {"channels": [4], "kernel_size": 3, "batch_norm": True, "conv": "im2col"}}
+TINY_TRAIN = {"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "hidden": [16]}
 
 
 def ran(output: str) -> set[str]:
@@ -45,6 +44,7 @@ def committee(tmp_path_factory):
     params = yaml.safe_load((ROOT / "committee" / "params.yaml").read_text())
     params["committee"]["seeds"] = [0, 1]
     params["train"].update(TINY_TRAIN)
+    params["train"]["cnn"]["channels"] = [4]
     params["evaluate"]["gallery_size"] = 4
     (project / "committee" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     commit_all(project, "committee")
@@ -67,15 +67,17 @@ def test_each_member_is_its_own_stage_and_the_ensemble_averages_them(committee):
 
     # The committee's metrics are those of the members' averaged probabilities.
     images, labels = load_prepared(project / "data" / "prepared" / "test.npz")
-    singles = []
-    for path in models:
-        network = load_network(path)
-        singles.append(network.predict_proba(standardise(images, network.mean, network.std)))
-    average = (singles[0] + singles[1]) / np.float32(2)
     metrics = committee_metrics(project)
+    singles = []
+    for seed, path in zip((0, 1), models):
+        network = load_network(path)
+        singles.append(network.predict_proba(standardise(images, network.mean, network.std)))  # calibrated
+        assert metrics["members"][f"seed-{seed}"]["temperature"] == network.temperature
+    average = (singles[0] + singles[1]) / np.float32(2)
     assert metrics["accuracy"] == pytest.approx(np.mean(average.argmax(axis=1) == labels), abs=1e-6)
     assert metrics["loss"] == pytest.approx(-np.mean(np.log(average[np.arange(len(labels)), labels])), abs=1e-5)
     assert 0 <= metrics["ece"] <= 1 and metrics["samples"] == len(labels)
+    assert {"ece_uncalibrated", "loss_uncalibrated"} <= set(metrics)
     assert set(metrics["members"]) == {"seed-0", "seed-1"}
     for seed, single in zip((0, 1), singles):
         member = metrics["members"][f"seed-{seed}"]
