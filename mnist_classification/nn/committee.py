@@ -52,7 +52,6 @@ class Committee:
                                         f"{what} differ ({mine} vs {theirs}); the members must be trained on "
                                         "the same data")
         self.members = list(members)
-        self.paths = [Path(path) for path in paths]
         self.input_shape, self.classes = first.input_shape, first.classes
         self.mean, self.std = first.mean, first.std
 
