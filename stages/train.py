@@ -1,5 +1,9 @@
 """Train stage: data/prepared -> models/model.npz, plots/history.csv, metrics/train.json, dvclive/train/.
 
+``python stages/train.py [--params FILE] [--seed N] [--outputs DIR]``: the ``train`` section of
+FILE (default params.yaml), its ``train.seed`` replaced by N if given, and the outputs under DIR
+(default: the project root) in the same layout - how the committee's members are trained.
+
 Every epoch is logged live through DVCLive to dvclive/train/ (metrics.json: the latest epoch;
 plots/metrics/: one TSV per metric), so `dvc exp show` and VS Code follow a running experiment.
 After training (``train.calibrate``), a softmax temperature is fitted on the validation split and
@@ -9,6 +13,7 @@ after. The model, its history and its final metrics (with the numerical environm
 together at the end.
 """
 
+import argparse
 import resource
 import sys
 from pathlib import Path
@@ -23,7 +28,7 @@ from mnist_classification.data.preprocessing import (
 )
 from mnist_classification.infra import atomic
 from mnist_classification.infra.environment import numerical_environment
-from mnist_classification.infra.errors import run_cli
+from mnist_classification.infra.errors import PipelineError, run_cli
 from mnist_classification.infra.params import load_params
 from mnist_classification.nn.augment import Augmenter
 from mnist_classification.nn.footprint import check_training_memory
@@ -45,9 +50,24 @@ LIVE_METRICS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy", 
                 "val_accuracy": "val/accuracy", "lr": "lr"}
 
 
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train a network on data/prepared.")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (its train section)")
+    parser.add_argument("--seed", type=int, default=None, help="train.seed to use instead of the file's")
+    parser.add_argument("--outputs", type=Path, default=Path("."), metavar="DIR",
+                        help=f"write {MODEL}, {HISTORY}, {METRICS} and {LIVE}/ under DIR")
+    args = parser.parse_args()
+    if args.seed is not None and args.seed < 0:
+        raise PipelineError(f"--seed is {args.seed}; expected a seed >= 0")
+    return args
+
+
 def main() -> None:
-    params = load_params()
-    p = params["train"]
+    args = parse_args()
+    p = load_params(args.params)["train"]
+    if args.seed is not None:
+        p["seed"] = args.seed
+    model, history, metrics, live_dir = (args.outputs / path for path in (MODEL, HISTORY, METRICS, LIVE))
     meta = load_meta(PREPARED / "meta.json")
     mean, std = meta["mean"], meta["std"]
     train_u8, train_labels = load_prepared(PREPARED / "train.npz")
@@ -63,7 +83,7 @@ def main() -> None:
 
     # A diverging run overflows before train() notices the loss; its TrainingDiverged is the one message.
     # An error or Ctrl-C anywhere in the block puts back the previous run's dvclive/train/ files.
-    with StageLive(LIVE) as live:
+    with StageLive(live_dir) as live:
         def log_epoch(row: dict) -> None:
             live.step = row["epoch"]
             for column, name in LIVE_METRICS.items():
@@ -83,9 +103,9 @@ def main() -> None:
             calibration = scaling.summary()
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with atomic.all_or_nothing():  # the model, its history and its metrics change together
-            network.save(MODEL)
-            write_history(HISTORY, result.history)
-            atomic.write_json(METRICS, {
+            network.save(model)
+            write_history(history, result.history)
+            atomic.write_json(metrics, {
                 "best_epoch": result.best_epoch,
                 "epochs_run": len(result.history),
                 "stopped_early": result.stopped_early,
@@ -101,7 +121,7 @@ def main() -> None:
                 "environment": numerical_environment(),
             })
     print(f"train: best epoch {result.best_epoch} val_accuracy={best['val_accuracy']:.4f}, "
-          f"temperature {network.temperature:g}, {result.seconds:.1f}s; wrote {MODEL}", file=sys.stderr)
+          f"temperature {network.temperature:g}, {result.seconds:.1f}s; wrote {model}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,27 @@ def reproduced_project(tmp: Path) -> tuple[Path, Path, dict[str, str], subproces
     project = make_project(tmp, write_mirror(mirror))
     env = project_env(project, mirror)
     return project, mirror, env, run(["dvc", "repro"], project, env)
+
+
+def wait_for_queue(project: Path, env: dict, baseline: str, count: int, timeout: float = 300) -> None:
+    """Wait until ``count`` experiments of ``baseline`` are saved and the queue is idle; fail fast on a failure.
+
+    Polls the experiments' git refs (cheap); `dvc queue status` costs a second of CPU, so it runs only now
+    and then and once at the end.
+    """
+    prefix = f"refs/exps/{baseline[:2]}/{baseline[2:]}/"
+    start = last_status = time.monotonic()
+    while True:
+        saved = len(run(["git", "for-each-ref", "--format=%(refname)", prefix], project).stdout.split())
+        now = time.monotonic()
+        if saved >= count or now - last_status > 10 or now - start > timeout:
+            status = run(["dvc", "queue", "status"], project, env).stdout
+            tasks = status.split("Worker status")[0]
+            if "Failed" in tasks or now - start > timeout:
+                logs = [run(["dvc", "queue", "logs", line.split()[1]], project, env, check=False).stdout
+                        for line in tasks.splitlines()[1:] if "Failed" in line]
+                raise AssertionError(f"queue did not finish:\n{status}\n" + "\n".join(logs))
+            if saved >= count and "Running" not in tasks and "Queued" not in tasks:
+                return
+            last_status = now
+        time.sleep(0.5)

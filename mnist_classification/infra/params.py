@@ -142,6 +142,10 @@ def _positive_widths(v) -> bool:
     return len(v) > 0 and all(w > 0 for w in v)
 
 
+def _distinct_seeds(v) -> bool:
+    return len(v) > 0 and len(set(v)) == len(v) and min(v) >= 0
+
+
 SCHEMA: dict[str, dict[str, Any]] = {
     "fetch": {
         "dataset": Field("choice", "mnist", "dataset to download (custom: your own IDX files, see fetch.custom)",
@@ -211,6 +215,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
                                    check=_non_negative, expect=">= 0"),
             "elastic_sigma": Field("float", 4.0, "elastic smoothing in pixels", check=_positive, expect="> 0"),
         },
+    },
+    "committee": {
+        "seeds": Field("int_list", [0, 1, 2, 3, 4], "seed (train.seed) of each committee member, one member per seed",
+                       check=_distinct_seeds,
+                       expect="a non-empty list of distinct seeds >= 0, e.g. [0, 1, 2, 3, 4]"),
     },
     "evaluate": {
         "gallery_size": Field("int", 36, "misclassified test images shown in plots/misclassified.png",

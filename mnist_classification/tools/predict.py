@@ -24,7 +24,10 @@ Inputs, recognised by their name (and checked by their content):
 Every image, whatever its source, is standardised with the model's own mean
 and standard deviation (:func:`mnist_classification.data.preprocessing.standardise`)
 and classified with :meth:`Network.predict_proba`, so MLP and CNN models work
-alike.
+alike. Several ``--model`` files classify as a committee
+(:class:`mnist_classification.nn.committee.Committee`): the average of their
+probabilities, as the committee pipeline's ensemble stage computes it; they must
+agree on input shape, classes and normalisation. One model is a committee of one.
 
 Every input gets an entry (:mod:`mnist_classification.tools.predict_report`),
 in order, as soon as its chunk (``CHUNK`` images) is classified: its result, or
@@ -51,6 +54,7 @@ from mnist_classification.data.preprocessing import standardise
 from mnist_classification.infra import atomic
 from mnist_classification.infra.errors import PipelineError
 from mnist_classification.infra.npz import npy_file_header
+from mnist_classification.nn.committee import Committee
 from mnist_classification.nn.network import Network, load_network
 from mnist_classification.tools.digit_image import SIZE, prepare_digit
 from mnist_classification.tools.predict_report import (
@@ -301,7 +305,12 @@ def load_model(path: str | Path) -> Network:
     return network
 
 
-def classify(network: Network, images_u8: np.ndarray, model: str | Path = "the model") -> np.ndarray:
+def load_models(paths: list[Path]) -> Committee:
+    """Load each model file (:func:`load_model`) into one committee; a single model is a committee of one."""
+    return Committee([load_model(path) for path in paths], paths)
+
+
+def classify(network: Network | Committee, images_u8: np.ndarray, model: str | Path = "the model") -> np.ndarray:
     """Class probabilities (N, K) for uint8 images (N, 28, 28), using the model's normalisation."""
     with np.errstate(over="ignore", invalid="ignore"):
         probabilities = network.predict_proba(standardise(images_u8, network.mean, network.std))
@@ -355,8 +364,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="digit images (PNG/JPEG, one digit each), or one batch file: IDX (.idx, *-ubyte, "
                              "optionally .gz) or .npy (N, 28, 28) with pixels uint8 0..255 or float 0..1 "
                              "(or 0..255 when any value exceeds 1)")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, metavar="PATH",
-                        help=f"model file written by the train stage (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", type=Path, action="append", metavar="PATH",
+                        help=f"model file written by the train stage (default: {DEFAULT_MODEL}); given several "
+                             "times, the models classify as a committee: their probabilities are averaged")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     parser.add_argument("--show", action="store_true",
                         help="write each image's preprocessed 28x28 model input next to it as "
@@ -377,8 +387,8 @@ def _kind(path: Path) -> tuple[str | None, str | None]:
         return None, str(exc)
 
 
-def predict_images(network: Network, items: list[tuple[Path, str | None]], previews: dict[Path, Path],
-                   stroke: bool, model: Path) -> list[dict]:
+def predict_images(network: Network | Committee, items: list[tuple[Path, str | None]],
+                   previews: dict[Path, Path], stroke: bool, model: str) -> list[dict]:
     """Entries for image inputs ``(path, error or None)``, classified together; unreadable ones get an error."""
     entries: list[dict | None] = []
     prepared: list[tuple[int, Path, np.ndarray]] = []
@@ -403,7 +413,7 @@ def predict_images(network: Network, items: list[tuple[Path, str | None]], previ
     return entries
 
 
-def predict_batch(network: Network, path: Path, output: Path, model: Path) -> dict:
+def predict_batch(network: Network | Committee, path: Path, output: Path, model: str) -> dict:
     """Classify a .npy/IDX batch in chunks of ``BATCH_CHUNK``, streaming the CSV to ``output``; its entry."""
     try:
         images = load_batch(path)
@@ -446,9 +456,9 @@ def _groups(items: list[tuple[Path, str | None, str | None]]) -> Iterator[list[t
 
 
 def run(args: argparse.Namespace) -> int:
-    """Classify ``args.inputs`` with ``args.model``, printing an entry per input as it goes (see
-    :mod:`predict_report`); write previews and the batch CSV. Returns the exit status: 0 when every
-    input was classified, 1 when some were not (each has an error entry); usage and model errors raise."""
+    """Classify ``args.inputs`` with ``args.model`` (one model, or a committee), printing an entry per input
+    as it goes (see :mod:`predict_report`); write previews and the batch CSV. Returns the exit status: 0 when
+    every input was classified, 1 when some were not (each has an error entry); usage and model errors raise."""
     items = [(path, *_kind(path)) for path in args.inputs]
     batch_paths = [path for path, kind, _ in items if kind in BATCH_KINDS]
     if len(batch_paths) > 1:
@@ -456,18 +466,20 @@ def run(args: argparse.Namespace) -> int:
                             "expected at most one .npy/IDX file per run (each writes its own CSV)")
     if args.output is not None and not batch_paths:
         raise PipelineError("--output is for batch input (.npy or IDX files); images are printed instead")
-    network = load_model(args.model)
+    paths = args.model or [DEFAULT_MODEL]
+    network = load_models(paths)
+    model = " + ".join(map(str, paths))  # names the model in errors
     image_paths = [path for path, kind, _ in items if kind == "image"]
     previews = dict(zip(image_paths, preview_paths(image_paths))) if args.show else {}
     output = args.output if args.output is not None else DEFAULT_OUTPUT
-    report = JsonReport(args.model) if args.json else TextReport()
+    report = JsonReport(paths) if args.json else TextReport()
     for group in _groups(items):
         path, kind, _ = group[0]
         if kind in BATCH_KINDS:
-            report.add(predict_batch(network, path, output, args.model))
+            report.add(predict_batch(network, path, output, model))
             continue
         entries = predict_images(network, [(path, error) for path, _, error in group], previews,
-                                 not args.keep_stroke_width, args.model)
+                                 not args.keep_stroke_width, model)
         for entry in entries:
             report.add(entry)
     report.close()

@@ -9,7 +9,8 @@ Each input becomes one entry (a dict), in the order the inputs were given:
 
 :class:`TextReport` prints a line per result on stdout and a line per error on
 stderr; :class:`JsonReport` streams ``{"model": ..., "inputs": [entries...],
-"classified": n, "errors": m}`` to stdout, starting with the first entry (a run
+"classified": n, "errors": m}`` to stdout (``"models": [...]`` instead of
+``"model"`` for a committee of several), starting with the first entry (a run
 stopped by a model error before any prints nothing). Neither keeps the entries,
 so the memory used does not grow with the number of inputs.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -107,11 +109,14 @@ class TextReport(Report):
 
 
 class JsonReport(Report):
-    """``{"model": ..., "inputs": [...], "classified": n, "errors": m}`` on stdout, one entry per line."""
+    """``{"model": ..., "inputs": [...], "classified": n, "errors": m}`` on stdout, one entry per line;
+    ``"models": [...]``, the committee's files in order, instead of ``"model"`` when there are several."""
 
-    def __init__(self, model: Path, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, models: Sequence[Path], out: TextIO | None = None, err: TextIO | None = None) -> None:
         super().__init__(out, err)
-        self.head = '{"model": ' + json.dumps(str(model)) + ', "inputs": ['  # written with the first entry
+        names = [str(model) for model in models]
+        used = f'"model": {json.dumps(names[0])}' if len(names) == 1 else f'"models": {json.dumps(names)}'
+        self.head = "{" + used + ', "inputs": ['  # written with the first entry
 
     def _write(self, entry: dict) -> None:
         self.out.write((self.head + "\n  " if self.classified + self.errors == 1 else ",\n  ") + json.dumps(entry))

@@ -64,6 +64,10 @@ def test_integer_accepted_where_a_float_is_expected():
      "train.warmup_epochs is 5 but train.epochs is 3; the learning rate would never reach train.lr"),
     ({"fetch": {"dataset": "cifar"}}, "fetch.dataset is 'cifar'; expected one of mnist, fashion-mnist, custom"),
     ({"fetch": {"custom": {"sha256": {"x": "abc"}}}}, "fetch.custom.sha256 is"),
+    ({"committee": {"seeds": []}}, "committee.seeds is []; expected a non-empty list of distinct seeds >= 0"),
+    ({"committee": {"seeds": [0, 1, 0]}}, "committee.seeds is [0, 1, 0]; expected a non-empty list of distinct"),
+    ({"committee": {"seeds": [-1]}}, "committee.seeds is [-1]"),
+    ({"committee": {"seeds": 3}}, "committee.seeds is 3 (int); expected a list of whole numbers"),
 ])
 def test_bad_values_are_named(raw, fragment):
     with pytest.raises(PipelineError) as error:

@@ -25,6 +25,7 @@ from pipeline_helpers import (
     make_project,
     project_env,
     run,
+    wait_for_queue,
     write_mirror,
 )
 
@@ -36,30 +37,6 @@ SHOW_CHANGED = ["dvc", "exp", "show", "--md", "--no-pager", "--only-changed",
                 "--drop", r"Created|State|Executor|.*/|per_class\.|.*second|peak_memory"]
 SHOW_KEPT = ["dvc", "exp", "show", "--md", "--no-pager", "--drop", ".*",
              "--keep", r"Experiment|train\.(lr|hidden)$|(val_)?(accuracy|loss)$|macro_f1$"]
-
-
-def wait_for_queue(project: Path, env: dict, baseline: str, count: int, timeout: float = 300) -> None:
-    """Wait until ``count`` experiments of ``baseline`` are saved and the queue is idle; fail fast on a failure.
-
-    Polls the experiments' git refs (cheap); `dvc queue status` costs a second of CPU, so it runs only now
-    and then and once at the end.
-    """
-    prefix = f"refs/exps/{baseline[:2]}/{baseline[2:]}/"
-    start = last_status = time.monotonic()
-    while True:
-        saved = len(run(["git", "for-each-ref", "--format=%(refname)", prefix], project).stdout.split())
-        now = time.monotonic()
-        if saved >= count or now - last_status > 10 or now - start > timeout:
-            status = run(["dvc", "queue", "status"], project, env).stdout
-            tasks = status.split("Worker status")[0]
-            if "Failed" in tasks or now - start > timeout:
-                logs = [run(["dvc", "queue", "logs", line.split()[1]], project, env, check=False).stdout
-                        for line in tasks.splitlines()[1:] if "Failed" in line]
-                raise AssertionError(f"queue did not finish:\n{status}\n" + "\n".join(logs))
-            if saved >= count and "Running" not in tasks and "Queued" not in tasks:
-                return
-            last_status = now
-        time.sleep(0.5)
 
 
 def table_columns(markdown: str) -> list[str]:

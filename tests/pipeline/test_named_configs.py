@@ -83,3 +83,18 @@ def test_exp_run_picks_a_recipe_by_name(tmp_path):
     assert params["train"]["epochs"] == 2 and params["train"]["batch_size"] == 32  # override; its base
     assert params["fetch"]["dataset"] == "custom"
     assert json.loads((project / "metrics" / "train.json").read_text())["epochs_run"] == 2
+
+
+# The recipe of the committee's members (committee/params.yaml), written out there as composed here.
+COMMITTEE_RECIPE = "cnn"
+
+
+def test_committee_members_follow_their_recipe(tmp_path):
+    load_params(ROOT / "committee" / "params.yaml")  # valid for the stages
+    written = yaml.safe_load((ROOT / "committee" / "params.yaml").read_text())["train"]
+    recipe = yaml.safe_load(compose(tmp_path, [f"train={COMMITTEE_RECIPE}"]).read_text())["train"]
+    assert "seed" not in written, "committee/params.yaml: each member's train.seed comes from committee.seeds"
+    del recipe["seed"]
+    assert written == recipe, (f"committee/params.yaml's train section differs from conf/train/"
+                               f"{COMMITTEE_RECIPE}.yaml as `-S train=...` composes it; change both (or "
+                               "COMMITTEE_RECIPE)")

@@ -218,7 +218,7 @@ def test_json_report_streams_one_valid_document():
     """Entries are written as they come (nothing before the first) and the document parses for 0, 1 or 3."""
     for count in (0, 1, 3):
         out = io.StringIO()
-        report = JsonReport(Path("m.npz"), out=out)
+        report = JsonReport([Path("m.npz")], out=out)
         assert out.getvalue() == ""
         for i in range(count):
             report.add(error_entry(Path(f"x{i}.png"), f"x{i}.png: bad") if i % 2 else
@@ -632,6 +632,69 @@ def test_predict_reports_the_probabilities_scaled_by_the_model_temperature(tmp_p
     assert (shown.sum(axis=1) == 3).all()
     np.testing.assert_allclose(reported[shown], calibrated[shown], atol=2e-6)
     assert np.abs(reported[shown] - uncalibrated[shown]).max() > 0.05
+
+
+# --------------------------------------------------------------------------- committees
+
+
+@pytest.fixture(scope="module")
+def committee_models(tmp_path_factory) -> dict[str, Path]:
+    """Untrained 784-16-10 MLPs: "a" and "b" (seeds 0 and 1) share their normalisation, "odd" has another."""
+    folder = tmp_path_factory.mktemp("committee")
+    paths = {}
+    for name, seed, mean in (("a", 0, 0.2), ("b", 1, 0.2), ("odd", 2, 0.25)):
+        train_params = validate({"train": {"model": "mlp", "hidden": [16], "seed": seed}})["train"]
+        paths[name] = folder / f"{name}.npz"
+        build_network(train_params, (28, 28), [str(d) for d in range(10)], mean=mean, std=0.35).save(paths[name])
+    return paths
+
+
+def _single_probabilities(model: Path, images: np.ndarray) -> np.ndarray:
+    """One model's probabilities (N, 10) through predict's own single-model path, as float64."""
+    return predict.classify(predict.load_model(model), images).astype(np.float64)
+
+
+def test_cli_committee_is_the_mean_of_its_members(committee_models, drawn, tmp_path):
+    a, b = committee_models["a"], committee_models["b"]
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "batch.npy", images)
+    singles = [_single_probabilities(path, images) for path in (a, b)]
+    assert np.abs(singles[0] - singles[1]).max() > 0.05  # the two members do disagree
+    mean = np.mean(singles, axis=0)
+    result = cli("--model", a, "--model", b, tmp_path / "batch.npy", "--output", tmp_path / "p.csv")
+    assert result.returncode == 0, result.stderr
+    for index, line in enumerate((tmp_path / "p.csv").read_text().splitlines()[1:]):
+        row, predicted, probability, top3 = line.split(",")
+        assert int(row) == index and int(predicted) == mean[index].argmax()
+        assert float(probability) == pytest.approx(mean[index].max(), abs=2e-6)
+        for pair in top3.split(" "):
+            name, p = pair.split(":")
+            assert float(p) == pytest.approx(mean[index, int(name)], abs=2e-6)
+
+    result = cli("--model", a, "--model", b, "--json", drawn["3"], drawn["7"])
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["models"] == [str(a), str(b)] and "model" not in doc
+    pixels = np.stack([predict.prepare_image(drawn[digit]) for digit in "37"])
+    mean = np.mean([_single_probabilities(path, pixels) for path in (a, b)], axis=0)
+    for entry, expected in zip(doc["inputs"], mean):
+        assert entry["predicted"] == str(expected.argmax())
+        for top in entry["top3"]:
+            assert top["probability"] == pytest.approx(expected[int(top["class"])], abs=2e-6)
+
+
+def test_cli_refuses_members_that_disagree(committee_models, drawn):
+    a, odd = committee_models["a"], committee_models["odd"]
+    assert_clean_error(cli("--model", a, "--model", odd, drawn["3"]), f"model files {a} and {odd} cannot form "
+                       "a committee: their normalisation (mean, std) differ")
+
+
+def test_json_report_names_every_member():
+    out = io.StringIO()
+    report = JsonReport([Path("a.npz"), Path("b.npz")], out=out)
+    report.add(error_entry(Path("x.png"), "x.png: bad"))
+    report.close()
+    assert json.loads(out.getvalue())["models"] == ["a.npz", "b.npz"]
 
 
 # --------------------------------------------------------------------------- digits as users' images

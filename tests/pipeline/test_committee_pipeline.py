@@ -1,0 +1,132 @@
+"""The committee pipeline (committee/dvc.yaml) end to end, in a throw-away project on the tiny synthetic data.
+
+Members are tiny CNNs (one conv block of 4 channels, dense 16, one epoch). One `dvc repro committee/dvc.yaml`
+runs the root's fetch and preprocess, one stage per member and the ensemble (never the root's train);
+changing one seed (`dvc exp run -S committee/params.yaml:committee.seeds=...`) reruns that member and the
+ensemble only; a member queued and run with `dvc exp run --queue` comes back from the run-cache, untrained.
+The ensemble's metrics are checked against the members' probabilities averaged here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from pipeline_helpers import ROOT, commit_all, make_project, project_env, run, wait_for_queue, write_mirror
+
+from mnist_classification.data.preprocessing import load_prepared, standardise
+from mnist_classification.nn.network import load_network
+
+TINY_TRAIN = {"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "hidden": [16]}
+
+
+def ran(output: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def committee_metrics(project) -> dict:
+    return json.loads((project / "committee" / "metrics" / "eval.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def committee(tmp_path_factory):
+    """The synthetic project with the committee pipeline (seeds 0 and 1, tiny members), before any run."""
+    tmp = tmp_path_factory.mktemp("committee")
+    mirror = tmp / "mirror"
+    project = make_project(tmp, write_mirror(mirror))
+    (project / "committee").mkdir()
+    shutil.copy2(ROOT / "committee" / "dvc.yaml", project / "committee" / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "committee" / "params.yaml").read_text())
+    params["committee"]["seeds"] = [0, 1]
+    params["train"].update(TINY_TRAIN)
+    params["train"]["cnn"]["channels"] = [4]
+    params["evaluate"]["gallery_size"] = 4
+    (project / "committee" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    commit_all(project, "committee")
+    return project, project_env(project, mirror)
+
+
+def test_each_member_is_its_own_stage_and_the_ensemble_averages_them(committee):
+    project, env = committee
+    listed = run(["dvc", "stage", "list", "--name-only", "committee/dvc.yaml"], project, env).stdout.split()
+    assert listed == ["committee/dvc.yaml:member@0", "committee/dvc.yaml:member@1", "committee/dvc.yaml:ensemble"]
+
+    output = run(["dvc", "repro", "committee/dvc.yaml"], project, env).stdout
+    assert ran(output) == {"fetch", "preprocess", *listed}, output
+    assert not (project / "models" / "model.npz").exists()  # the root's train stage never ran
+    lock = yaml.safe_load((project / "committee" / "dvc.lock").read_text())["stages"]
+    models = [project / "committee" / "members" / f"seed-{seed}" / "models" / "model.npz" for seed in (0, 1)]
+    hashes = [next(out["md5"] for out in lock[f"member@{seed}"]["outs"] if out["path"].endswith("model.npz"))
+              for seed in (0, 1)]
+    assert hashes[0] != hashes[1]  # two seeds, two members
+
+    # The committee's metrics are those of the members' averaged probabilities.
+    images, labels = load_prepared(project / "data" / "prepared" / "test.npz")
+    metrics = committee_metrics(project)
+    singles = []
+    for seed, path in zip((0, 1), models):
+        network = load_network(path)
+        singles.append(network.predict_proba(standardise(images, network.mean, network.std)))  # calibrated
+        assert metrics["members"][f"seed-{seed}"]["temperature"] == network.temperature
+    average = (singles[0] + singles[1]) / np.float32(2)
+    assert metrics["accuracy"] == pytest.approx(np.mean(average.argmax(axis=1) == labels), abs=1e-6)
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log(average[np.arange(len(labels)), labels])), abs=1e-5)
+    assert 0 <= metrics["ece"] <= 1 and metrics["samples"] == len(labels)
+    assert {"ece_uncalibrated", "loss_uncalibrated"} <= set(metrics)
+    assert set(metrics["members"]) == {"seed-0", "seed-1"}
+    for seed, single in zip((0, 1), singles):
+        member = metrics["members"][f"seed-{seed}"]
+        assert member["accuracy"] == pytest.approx(np.mean(single.argmax(axis=1) == labels), abs=1e-6)
+        trained = json.loads((project / "committee" / "members" / f"seed-{seed}" / "metrics" / "train.json")
+                             .read_text())
+        assert (member["val_accuracy"], member["train_seconds"]) == (trained["val_accuracy"],
+                                                                     trained["train_seconds"])
+    assert metrics["members_train_seconds"] == pytest.approx(
+        sum(member["train_seconds"] for member in metrics["members"].values()), abs=0.011)
+
+    plots = project / "committee" / "dvclive" / "evaluate" / "plots"
+    table = json.loads((plots / "custom" / "members.json").read_text())
+    assert [row["member"] for row in table] == ["seed-0", "seed-1", "committee"]
+    assert [row["accuracy"] for row in table] == [metrics["members"]["seed-0"]["accuracy"],
+                                                  metrics["members"]["seed-1"]["accuracy"], metrics["accuracy"]]
+    confusion = json.loads((plots / "sklearn" / "confusion_matrix.json").read_text())
+    assert len(confusion) == len(labels)
+    assert sum(row["actual"] == row["predicted"] for row in confusion) / len(labels) == pytest.approx(
+        metrics["accuracy"], abs=1e-6)  # the committee's confusion, not a member's
+    for name in ("confusion_matrix", "reliability", "misclassified"):
+        assert (plots / "images" / f"{name}.png").stat().st_size > 0
+    assert run(["dvc", "status", "committee/dvc.yaml"], project, env).stdout.strip() == (
+        "Data and pipelines are up to date.")
+    commit_all(project, "committee of seeds 0 and 1")
+
+
+def test_changing_one_seed_reruns_only_that_member_and_the_ensemble(committee):
+    project, env = committee
+    output = run(["dvc", "exp", "run", "committee/dvc.yaml", "-S", "committee/params.yaml:committee.seeds=[0,2]"],
+                 project, env).stdout
+    assert ran(output) == {"committee/dvc.yaml:member@2", "committee/dvc.yaml:ensemble"}, output
+    assert "Stage 'committee/dvc.yaml:member@0' didn't change, skipping" in output
+    assert set(committee_metrics(project)["members"]) == {"seed-0", "seed-2"}  # seed-1's folder is left alone
+    commit_all(project, "committee of seeds 0 and 2")
+
+
+def test_members_queued_in_parallel_come_back_from_the_run_cache(committee):
+    project, env = committee
+    params_file = project / "committee" / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["committee"]["seeds"] = [0, 2, 3]
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    baseline = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    run(["dvc", "exp", "run", "--queue", "committee/dvc.yaml:member@3"], project, env)
+    run(["dvc", "queue", "start"], project, env)
+    wait_for_queue(project, env, baseline, 1)
+
+    output = run(["dvc", "repro", "committee/dvc.yaml"], project, env).stdout
+    assert "Stage 'committee/dvc.yaml:member@3' is cached - skipping run, checking out outputs" in output, output
+    assert ran(output) == {"committee/dvc.yaml:ensemble"}, output
+    assert set(committee_metrics(project)["members"]) == {"seed-0", "seed-2", "seed-3"}
