@@ -198,8 +198,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "kernel_size": Field("int", 3, "square kernel size", check=lambda v: v in (3, 5, 7),
                                  expect="3, 5 or 7"),
             "batch_norm": Field("bool", True, "batch normalisation after each convolution"),
-            "conv": Field("choice", "auto", "convolution algorithm: auto (winograd for 3x3 kernels, else "
-                          "blocked), winograd (F(2x2,3x3) on blocks of images on all cores), blocked (im2col "
+            "conv": Field("choice", "auto", "convolution algorithm: auto (the fastest measured: blocked), "
+                          "winograd (F(2x2,3x3) on blocks of images on all cores), blocked (im2col "
                           "on blocks of images on all cores) or im2col (the whole-batch reference)",
                           choices=("auto", "blocked", "im2col", "winograd")),
         },

@@ -419,9 +419,9 @@ def conv_feature_layers(channels, kernel_size, batch_norm, activation, init, rng
     """VGG-style blocks for (N, 1, H, W) input, one per entry of ``channels``:
 
     Conv2D -> [BatchNorm2D] -> activation -> Conv2D -> [BatchNorm2D] -> activation -> MaxPool2D(2).
-    ``conv`` is a :data:`METHODS` entry, or "auto": Winograd for 3x3 kernels, blocked im2col otherwise.
+    ``conv`` is a :data:`METHODS` entry, or "auto": the fastest measured, blocked im2col.
     """
-    method = conv if conv in METHODS else "winograd" if kernel_size == 3 else "blocked"
+    method = conv if conv in METHODS else "blocked"
     layers: list[Layer] = []
     in_channels = 1
     for out_channels in channels:
