@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--conv", choices=["auto", "blocked", "im2col", "winograd"], default="im2col",
+    parser.add_argument("--conv", choices=["auto", "blocked", "im2col", "winograd"], default="auto",
                         help="the project's convolution algorithm (train.cnn.conv)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

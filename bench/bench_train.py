@@ -10,11 +10,11 @@ the fraction of peak is the median of the per-repeat fractions (with its range):
     python bench/bench_train.py                 # MLP 784-800-10, 784-256-10 and the default CNN
     python bench/bench_train.py --only mlp800 --repeats 7
     python bench/bench_train.py --optimizer momentum   # the loop with a cheaper update rule
-    python bench/bench_train.py --only cnn --conv auto     # the CNN with Winograd convolutions
+    python bench/bench_train.py --only cnn --conv winograd   # the CNN with Winograd convolutions
 
 The CNN's peak is timed on the products its convolutions really run: for
-Winograd (``train.cnn.conv: auto``) the 16 per-frequency products of each pass,
-for im2col the column-matrix products.
+Winograd (``train.cnn.conv: winograd``) the 16 per-frequency products of each pass,
+for im2col and blocked im2col (``auto``) the column-matrix products, as whole-batch products.
 
 The optimiser's update is elementwise work that NumPy runs on one core, so its
 rule sets how close the loop gets to the peak: Adam (the pipeline's default)
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--samples", type=int, default=0, help="samples per timed epoch (default: per model)")
     parser.add_argument("--optimizer", choices=["adam", "momentum", "nesterov", "sgd"], default="adam")
-    parser.add_argument("--conv", choices=["auto", "blocked", "im2col", "winograd"], default="im2col", help="train.cnn.conv of the CNN")
+    parser.add_argument("--conv", choices=["auto", "blocked", "im2col", "winograd"], default="auto", help="train.cnn.conv of the CNN")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
