@@ -13,8 +13,9 @@ the fraction of peak is the median of the per-repeat fractions (with its range):
     python bench/bench_train.py --only cnn --conv winograd   # the CNN with Winograd convolutions
 
 The CNN's peak is timed on the products its convolutions really run: for
-Winograd (``train.cnn.conv: winograd``) the 16 per-frequency products of each pass,
-for im2col and blocked im2col (``auto``) the column-matrix products, as whole-batch products.
+Winograd (``train.cnn.conv: winograd``) the 16 per-frequency products of each pass
+(the first layer, with one input channel, runs blocked im2col there), for im2col and
+blocked im2col (``auto``) the column-matrix products, as whole-batch products.
 
 The optimiser's update is elementwise work that NumPy runs on one core, so its
 rule sets how close the loop gets to the peak: Adam (the pipeline's default)
@@ -33,7 +34,7 @@ import numpy as np
 from bench_report import emit
 
 from mnist_classification.infra.params import validate
-from mnist_classification.nn.conv import Conv2D
+from mnist_classification.nn.conv import DIRECT_BELOW, Conv2D
 from mnist_classification.nn.layers import Dense
 from mnist_classification.nn.network import build_network
 from mnist_classification.nn.optimizers import make_optimizer
@@ -67,7 +68,7 @@ def layer_matmuls(layer, in_shape, batch, first):
         if not first:
             products.append((batch, o, i))                 # dx = dy W^T
         return products
-    if isinstance(layer, Conv2D) and layer.method == "winograd":
+    if isinstance(layer, Conv2D) and layer.method == "winograd" and layer.in_channels >= DIRECT_BELOW:
         c, h, w = in_shape
         f, tile_rows, tile_cols = layer.out_channels, *tiles(h, w)
         t = tile_rows * tile_cols * batch

@@ -30,17 +30,18 @@ def test_mlp_products_by_hand():
 
 
 def test_cnn_winograd_products_by_hand():
-    shapes = bench_train.matmul_shapes(_network(bench_train.CONFIGS["cnn"]), 2)
+    shapes = bench_train.matmul_shapes(_network(bench_train.CONFIGS["cnn"], "winograd"), 2)
     t1, t2 = 2 * 14 * 14, 2 * 7 * 7  # 2 x 2 tiles of the batch before and after the first pool
-    assert shapes[:16 * 11] == (
-        [(t1, 1, 32)] * 16 + [(1, t1, 32)] * 16                                          # 1 -> 32: no dX
+    assert shapes[:2 + 16 * 9] == (
+        [(32, 9, 2 * 28 * 28), (9, 2 * 28 * 28, 32)]                # 1 -> 32: im2col blocks, no dX
         + [(t1, 32, 32)] * 16 + [(32, t1, 32)] * 16 + [(t1, 32, 32)] * 16               # 32 -> 32
         + [(t2, 32, 64)] * 16 + [(32, t2, 64)] * 16 + [(t2, 64, 32)] * 16               # 32 -> 64
         + [(t2, 64, 64)] * 16 + [(64, t2, 64)] * 16 + [(t2, 64, 64)] * 16)              # 64 -> 64
 
 
-def test_cnn_im2col_products_by_hand():
-    shapes = bench_train.matmul_shapes(_network(bench_train.CONFIGS["cnn"], "im2col"), 2)
+@pytest.mark.parametrize("conv", ["im2col", "auto"])  # blocked im2col: the same products, block by block
+def test_cnn_im2col_products_by_hand(conv):
+    shapes = bench_train.matmul_shapes(_network(bench_train.CONFIGS["cnn"], conv), 2)
     p1, p2 = 2 * 28 * 28, 2 * 14 * 14  # pixels of the batch before and after the first pool
     assert shapes[:11] == [
         (32, 9, p1), (9, p1, 32),                          # conv 1 -> 32: no input grad

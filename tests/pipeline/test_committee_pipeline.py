@@ -130,3 +130,26 @@ def test_members_queued_in_parallel_come_back_from_the_run_cache(committee):
     assert "Stage 'committee/dvc.yaml:member@3' is cached - skipping run, checking out outputs" in output, output
     assert ran(output) == {"committee/dvc.yaml:ensemble"}, output
     assert set(committee_metrics(project)["members"]) == {"seed-0", "seed-2", "seed-3"}
+
+
+@pytest.mark.parametrize("damage", ["missing train.json", "train.json without its keys", "missing model",
+                                    "model not a model file"])
+def test_ensemble_with_a_damaged_member_fails_in_one_line_naming_the_file(committee, damage):
+    project, env = committee
+    member = project / "committee" / "members" / "seed-0"
+    target = member / ("metrics/train.json" if "train.json" in damage else "models/model.npz")
+    saved = target.with_name(target.name + ".saved")
+    target.rename(saved)
+    try:
+        if damage == "train.json without its keys":
+            target.write_text("{}")
+        elif damage == "model not a model file":
+            target.write_bytes(b"not a zip archive")
+        result = run(["python", "stages/ensemble.py"], project, env, check=False)
+    finally:
+        target.unlink(missing_ok=True)
+        saved.rename(target)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1 and str(target.relative_to(project)) in message[0], result.stderr

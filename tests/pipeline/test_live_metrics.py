@@ -39,8 +39,10 @@ def _running_steps(project, env) -> tuple[list[int], bool]:
     if result.returncode != 0:
         # DVC fails now and then while a finishing experiment's temporary workspace is being removed
         # ("No such file or directory: .dvc/tmp/exps/tmp..."); the next poll sees the finished experiment.
-        # Or pygit2 misses an object of that workspace ("object not found").
-        assert "No such file or directory" in result.stderr or "object not found" in result.stderr, result.stderr
+        # Or pygit2 misses an object of that workspace ("object not found"), or DVC finds its .dvc
+        # folder gone ("directory '.../.dvc/tmp/exps/tmp.../.dvc' does not exist").
+        assert any(sign in result.stderr for sign in ("No such file or directory", "object not found",
+                                                       "does not exist")), result.stderr
         return [], False
     shown = json.loads(result.stdout)
     steps, finished = [], False
