@@ -68,6 +68,8 @@ def torch_network(network):
         elif kind == "batchnorm2d":
             # The project's momentum keeps that share of the running statistics; PyTorch's is the new share.
             layers.append(nn.BatchNorm2d(config["channels"], eps=config["eps"], momentum=1 - config["momentum"]))
+            if config.get("activation") == "relu":  # applied by the project's batch norm in its own pass
+                layers.append(nn.ReLU())
         elif kind == "relu":
             layers.append(nn.ReLU())
         elif kind == "maxpool2d":

@@ -6,6 +6,9 @@ not weight-decayed). In training it uses the batch statistics and updates the
 running statistics ``running = momentum * running + (1 - momentum) * batch``
 (the running variance takes the unbiased batch variance); at inference it
 uses the running statistics, which are saved in the model file as buffers.
+With ``activation="relu"`` it also applies ReLU to its output in the same pass
+(and backward recomputes the ReLU's mask from the saved input): one pass over
+the feature maps instead of three, and no mask kept.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from mnist_classification.nn.layout import (
 #: (see BatchNorm2D._per_channel).
 FOLD_WIDTH = 1024
 
+#: Activations that batch norm can apply in its own pass.
+FUSED_ACTIVATIONS = ("identity", "relu")
+
 #: Bytes of input one thread normalises at a time (a block stays in the cache between passes).
 BLOCK_BYTES = 1 << 20
 
@@ -52,10 +58,13 @@ class BatchNorm2D(Layer):
     kind = "batchnorm2d"
     buffer_names = ("running_mean", "running_var")
 
-    def __init__(self, channels: int, momentum: float = 0.9, eps: float = 1e-5,
+    def __init__(self, channels: int, momentum: float = 0.9, eps: float = 1e-5, activation: str = "identity",
                  arrays: Mapping[str, np.ndarray] | None = None) -> None:
         super().__init__()
         self.channels, self.momentum, self.eps = int(channels), float(momentum), float(eps)
+        if activation not in FUSED_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(FUSED_ACTIVATIONS)}, not {activation!r}")
+        self.activation = activation
         if self.channels < 1:
             raise ValueError(f"channels must be positive, not {channels}")
         if not 0 <= self.momentum < 1:
@@ -108,8 +117,10 @@ class BatchNorm2D(Layer):
         inv_std = 1 / np.sqrt(var + self.eps)
         mean, inv_std = mean.astype(dtype), inv_std.astype(dtype)
         scale = (gamma * inv_std).astype(dtype)
-        out = blocks.affine(x2, scale, (beta - mean * scale).astype(dtype), dtype)
-        self._cache = (training, x2, layout, x.shape, mean, inv_std)
+        shift = (beta - mean * scale).astype(dtype)
+        relu = self.activation == "relu"
+        out = blocks.affine(scale, shift, dtype, relu)
+        self._cache = (training, x2, layout, x.shape, mean, inv_std, (scale, shift) if relu else None)
         return self._restore(out, x.shape, layout)
 
     @staticmethod
@@ -121,19 +132,17 @@ class BatchNorm2D(Layer):
     def backward(self, grad_out):
         if self._cache is None:
             raise RuntimeError("BatchNorm2D.backward needs a preceding forward(x)")
-        (training, x2, layout, shape, mean, inv_std), self._cache = self._cache, None
+        (training, x2, layout, shape, mean, inv_std, relu), self._cache = self._cache, None
         g2, axis, fold = self._per_channel(grad_out, layout)
-        blocks = _Blocks(x2, axis, fold, self.channels)
-        dgamma, dbeta = blocks.gamma_beta_grads(g2, mean, inv_std)
+        blocks = _Blocks(x2, axis, fold, self.channels, relu)
+        dgamma, dbeta, g2 = blocks.gamma_beta_grads(g2, mean, inv_std)
         self.grads["gamma"][...] = dgamma
         self.grads["beta"][...] = dbeta
         if not self.needs_input_grad:
             return None
         scale = (self.params["gamma"] * inv_std).astype(inv_std.dtype)
-        if training:
-            dx = blocks.input_grad(g2, mean, inv_std, scale, dgamma, dbeta)
-        else:  # the running statistics are constants
-            dx = blocks.affine(g2, scale, None, g2.dtype)
+        statistics = (dgamma, dbeta) if training else (None, None)  # at inference the statistics are constants
+        dx = blocks.input_grad(g2, mean, inv_std, scale, *statistics, out=None if relu is None else g2)
         return self._restore(dx, shape, layout)
 
     def output_shape(self, input_shape):
@@ -142,7 +151,10 @@ class BatchNorm2D(Layer):
         return tuple(input_shape)
 
     def config(self):
-        return {"type": self.kind, "channels": self.channels, "momentum": self.momentum, "eps": self.eps}
+        config = {"type": self.kind, "channels": self.channels, "momentum": self.momentum, "eps": self.eps}
+        if self.activation != "identity":
+            config["activation"] = self.activation
+        return config
 
     def array_shapes(self):
         return {name: (self.channels,) for name in ("gamma", "beta", *self.buffer_names)}
@@ -152,10 +164,13 @@ class _Blocks:
     """A per-channel matrix ``a`` from :meth:`BatchNorm2D._per_channel` (channels along ``axis``,
     ``fold`` pixels per row when axis is 0), cut into cache-sized blocks along its long axis."""
 
-    def __init__(self, a: np.ndarray, axis: int, fold: int, channels: int) -> None:
+    def __init__(self, a: np.ndarray, axis: int, fold: int, channels: int,
+                 relu: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``relu``: the (scale, shift) (C,) that forward applied before a fused ReLU, or None."""
         self.a, self.axis, self.fold, self.channels = a, axis, fold, channels
         self.count = a.size // channels
         self.spans = parallel.blocks(a.shape[axis], a.itemsize * a.shape[1 - axis], BLOCK_BYTES)
+        self.relu = None if relu is None else tuple(self._along(v) for v in relu)
 
     def _take(self, m: np.ndarray, start: int, stop: int) -> np.ndarray:
         return m[start:stop] if self.axis == 0 else m[:, start:stop]
@@ -198,26 +213,40 @@ class _Blocks:
         squares = sum(m2 for _, _, m2 in parts) + (counts * (means - mean) ** 2).sum(axis=0)
         return mean, squares / self.count
 
-    def affine(self, src: np.ndarray, scale: np.ndarray, shift: np.ndarray | None, dtype) -> np.ndarray:
-        """New ``src * scale + shift`` (per channel) of ``src`` shaped like the matrix."""
-        out = np.empty(src.shape, dtype=dtype)
-        scale, shift = self._along(scale), None if shift is None else self._along(shift)
+    def affine(self, scale: np.ndarray, shift: np.ndarray, dtype, relu: bool) -> np.ndarray:
+        """New ``a * scale + shift`` (per channel), then ReLU'd (as ``y * (y > 0)``) if ``relu``."""
+        out = np.empty(self.a.shape, dtype=dtype)
+        scale, shift = self._along(scale), self._along(shift)
 
         def block(start, stop):
             o = self._take(out, start, stop)
-            np.multiply(self._take(src, start, stop), scale, out=o)
-            if shift is not None:
-                o += shift
+            np.multiply(self._take(self.a, start, stop), scale, out=o)
+            o += shift
+            if relu:
+                mask = parallel.scratch().get("relu_mask", o.shape, np.bool_)
+                np.greater(o, 0, out=mask)
+                o *= mask
 
         parallel.run(block, self.spans)
         return out
 
-    def gamma_beta_grads(self, g: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(sum of g * xhat, sum of g) per channel, for upstream gradients g shaped like the matrix."""
+    def gamma_beta_grads(self, g: np.ndarray, mean: np.ndarray, inv_std: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sum of g' * xhat, sum of g') per channel and g' itself, for upstream gradients g shaped like
+        the matrix: g' is g, or with a fused ReLU a new g * mask, the mask recomputed from the input
+        exactly as forward computed it."""
         mean, inv_std = self._along(mean), self._along(inv_std)
+        masked = g if self.relu is None else np.empty(g.shape, dtype=np.result_type(g.dtype, self.relu[0].dtype))
 
         def block(start, stop):
-            gb = self._take(g, start, stop)
+            gb = self._take(masked, start, stop)
+            if self.relu is not None:
+                scale, shift = self.relu
+                np.multiply(self._take(self.a, start, stop), scale, out=gb)
+                gb += shift
+                mask = parallel.scratch().get("relu_mask", gb.shape, np.bool_)
+                np.greater(gb, 0, out=mask)
+                np.multiply(self._take(g, start, stop), mask, out=gb)
             xhat = self._normalised(start, stop, mean, inv_std)
             xhat *= gb
             return self._sums(xhat), self._sums(gb)
@@ -227,23 +256,28 @@ class _Blocks:
         for part_gamma, part_beta in parts[1:]:
             dgamma += part_gamma
             dbeta += part_beta
-        return dgamma, dbeta
+        return dgamma, dbeta, masked
 
     def input_grad(self, g: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, scale: np.ndarray,
-                   dgamma: np.ndarray, dbeta: np.ndarray) -> np.ndarray:
-        """Training-mode input gradient, new: gamma / std * (g - mean(g) - xhat * mean(g * xhat))."""
-        dx = np.empty(g.shape, dtype=np.result_type(g.dtype, scale.dtype))
+                   dgamma: np.ndarray | None, dbeta: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
+        """Input gradient for upstream gradients g (g' of :meth:`gamma_beta_grads`), written to ``out``
+        (may be g itself) or a new array: in training gamma / std * (g - mean(g) - xhat * mean(g * xhat));
+        with ``dgamma`` None (inference: the running statistics are constants) gamma / std * g."""
+        dx = np.empty(g.shape, dtype=np.result_type(g.dtype, scale.dtype)) if out is None else out
         mean, inv_std, scale_g = self._along(mean), self._along(inv_std), self._along(scale)
-        scale_xhat = self._along(-scale * dgamma / self.count)
-        offset = self._along(-scale * dbeta / self.count)
+        statistics = dgamma is not None
+        if statistics:
+            scale_xhat = self._along(-scale * dgamma / self.count)
+            offset = self._along(-scale * dbeta / self.count)
 
         def block(start, stop):
             d = self._take(dx, start, stop)
             np.multiply(self._take(g, start, stop), scale_g, out=d)
-            xhat = self._normalised(start, stop, mean, inv_std)
-            xhat *= scale_xhat
-            d += xhat
-            d += offset
+            if statistics:
+                xhat = self._normalised(start, stop, mean, inv_std)
+                xhat *= scale_xhat
+                d += xhat
+                d += offset
 
         parallel.run(block, self.spans)
         return dx

@@ -246,6 +246,49 @@ def test_batchnorm_inference_uses_running_stats():
         np.testing.assert_array_equal(layer.buffers[name], before[name])
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_fused_relu_gradients(training):
+    layer = _batchnorm()
+    layer.activation = "relu"
+    layer.buffers["running_mean"][:] = [0.5, -1.0, 0.2]
+    layer.buffers["running_var"][:] = [2.0, 0.5, 1.5]
+    x = _input((4, 3, 3, 2)) * 2 + 1
+    check_layer(layer, x, training=training)
+    out = layer.forward(x, training=training)
+    assert (out == 0).mean() > 0.2  # the ReLU's kink was crossed: the check covered both sides
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["plain", "channels_last"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_fused_relu_equals_batchnorm_then_relu(monkeypatch, channels_last, training):
+    # Bit for bit, forward and backward, over several blocks of every layout.
+    monkeypatch.setattr("mnist_classification.nn.batchnorm.BLOCK_BYTES", 512)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 5, 7, 7)).astype(np.float32) * 2 + 0.5
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    grad = rng.standard_normal(x.shape).astype(np.float32)
+    fused, plain, relu = _batchnorm(5, seed=2), _batchnorm(5, seed=2), ReLU()
+    fused.activation = "relu"
+    y_fused = fused.forward(x, training=training)
+    y_plain = relu.forward(plain.forward(x, training=training), training=training)
+    np.testing.assert_array_equal(y_fused, y_plain)
+    np.testing.assert_array_equal(fused.backward(grad), plain.backward(relu.backward(grad)))
+    for name in ("gamma", "beta"):
+        np.testing.assert_array_equal(fused.grads[name], plain.grads[name])
+    for name in fused.buffers:
+        np.testing.assert_array_equal(fused.buffers[name], plain.buffers[name])
+
+
+def test_batchnorm_activation_is_checked_and_saved():
+    with pytest.raises(ValueError, match="activation must be one of identity, relu, not 'tanh'"):
+        BatchNorm2D(3, activation="tanh")
+    assert "activation" not in BatchNorm2D(3).config()  # files written before fusion load unchanged
+    layer = BatchNorm2D(3, activation="relu")
+    rebuilt = layer_from_config(json.loads(json.dumps(layer.config())), {**layer.params, **layer.buffers})
+    assert rebuilt.activation == "relu"
+
+
 def test_batchnorm_params_not_decayed_and_buffers_saved():
     layer = BatchNorm2D(4)
     assert layer.decayed == ()
@@ -265,8 +308,9 @@ def test_output_shapes():
 def test_conv_feature_layers_shape(batch_norm):
     layers = conv_feature_layers([32, 64], 3, batch_norm, "relu", "he", np.random.default_rng(0))
     kinds = [layer.kind for layer in layers]
-    block = ["conv2d", "batchnorm2d", "relu"] * 2 if batch_norm else ["conv2d", "relu"] * 2
+    block = ["conv2d", "batchnorm2d"] * 2 if batch_norm else ["conv2d", "relu"] * 2
     assert kinds == (block + ["maxpool2d"]) * 2
+    assert all(layer.activation == "relu" for layer in layers if layer.kind == "batchnorm2d")
     shape = (1, 28, 28)
     for layer in layers:
         shape = layer.output_shape(shape)
