@@ -47,7 +47,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mnist_classification.nn import blocked, winograd
+from mnist_classification.nn import blocked, parallel, winograd
 from mnist_classification.nn.activations import ACTIVATIONS
 from mnist_classification.nn.batchnorm import FUSED_ACTIVATIONS, BatchNorm2D
 from mnist_classification.nn.initialisation import check_scheme, init_weights
@@ -284,6 +284,10 @@ class Conv2D(Layer):
         return {"W": (self.out_channels, self.in_channels * self.kernel_size ** 2), "b": (self.out_channels,)}
 
 
+#: Bytes of input one thread pools at a time (channels-last inputs).
+POOL_BLOCK_BYTES = 1 << 20
+
+
 class MaxPool2D(Layer):
     """Non-overlapping ``size`` x ``size`` max pooling: (N, C, H, W) -> (N, C, H // size, W // size).
 
@@ -372,33 +376,71 @@ class MaxPool2D(Layer):
             window[...] = rows.reshape(window.shape)
         return from_channel_major(planes) if channel_first else planes
 
+    @staticmethod
+    def _reduce_into(slices, best, arg, wins):
+        """``best`` = elementwise max over ``slices``, ``arg`` (uint8) = index of the first slice holding
+        it; ``wins`` is bool scratch shaped like them."""
+        if len(slices) == 1:
+            np.copyto(best, slices[0])
+            arg.fill(0)
+            return
+        np.greater(slices[1], slices[0], out=arg.view(np.bool_))
+        np.maximum(slices[0], slices[1], out=best)
+        for index, candidate in enumerate(slices[2:], start=2):
+            np.greater(candidate, best, out=wins)  # strictly: on ties the earlier slice keeps winning
+            np.copyto(arg, np.uint8(index), where=wins)
+            np.maximum(best, candidate, out=best)
+
     def _forward_channels_last(self, x, training):
-        """Pooling of channels-last x as (N * H, W, C) pixel rows -> (N, Ho, Wo, C), rows, then columns."""
+        """Pooling of channels-last x -> (N, Ho, Wo, C) memory, by blocks of images on all cores, each
+        block's (n, Ho, s, Wo * s, C) windows reduced across their rows, then their columns."""
         s = self.size
         n, c, h, w = x.shape
         ho, wo = h // s, w // s
-        pixels = channels_last(x)[:, :ho * s, :wo * s].reshape(n * ho, s, wo * s, c)
-        row_max, row_arg = self._reduce([pixels[:, a] for a in range(s)], (n * ho, wo, s, c), x.dtype)
-        out, col_arg = self._reduce([row_max[:, :, b] for b in range(s)], (n * ho, wo, c), x.dtype)
+        windows = channels_last(x)[:, :ho * s, :wo * s].reshape(n, ho, s, wo * s, c)
+        out = np.empty((n, ho, wo, c), dtype=x.dtype)
+        row_arg = np.empty((n, ho, wo * s, c), dtype=np.uint8)
+        col_arg = np.empty((n, ho, wo, c), dtype=np.uint8)
+
+        def block(start, stop):
+            work = parallel.scratch()
+            m = stop - start
+            rows = work.get("pool_rows", (m, ho, wo * s, c), x.dtype)
+            self._reduce_into([windows[start:stop, :, a] for a in range(s)], rows, row_arg[start:stop],
+                              work.get("pool_mask", rows.shape, np.bool_))
+            pairs = rows.reshape(m, ho, wo, s, c)
+            self._reduce_into([pairs[:, :, :, b] for b in range(s)], out[start:stop], col_arg[start:stop],
+                              work.get("pool_mask", (m, ho, wo, c), np.bool_))
+
+        parallel.run(block, parallel.blocks(n, h * w * c * x.itemsize, POOL_BLOCK_BYTES))
         self._cache = (x.shape, None, row_arg, col_arg) if training else None
-        return from_channels_last(out.reshape(n, ho, wo, c))
+        return from_channels_last(out)
 
     def _backward_channels_last(self, grad_out):
+        """Each window's gradient to its winning column of the row maxima, then to the winning row."""
         (n, c, h, w), _, row_arg, col_arg = self._cache
         s = self.size
         ho, wo = h // s, w // s
-        g = channels_last(grad_out).reshape(n * ho, wo, c)
-        g_cols = np.empty((n * ho, wo, s, c), dtype=grad_out.dtype)  # to the winning column ...
-        for b in range(s):
-            np.multiply(g, col_arg == b, out=g_cols[:, :, b])
-        g_cols = g_cols.reshape(n * ho, wo * s, c)
-        rows = np.empty((n * ho, s, wo * s, c), dtype=grad_out.dtype)  # ... then to the winning row
-        for a in range(s):
-            np.multiply(g_cols, row_arg.reshape(g_cols.shape) == a, out=rows[:, a])
-        if (ho * s, wo * s) == (h, w):
-            return from_channels_last(rows.reshape(n, h, w, c))
-        pixels = np.zeros((n, h, w, c), dtype=grad_out.dtype)
-        pixels[:, :ho * s, :wo * s] = rows.reshape(n, ho * s, wo * s, c)
+        g = channels_last(grad_out)
+        cropped = (ho * s, wo * s) != (h, w)  # then the dropped rows and columns get zero gradient
+        pixels = (np.zeros if cropped else np.empty)((n, h, w, c), dtype=grad_out.dtype)
+        windows = pixels[:, :ho * s, :wo * s].reshape(n, ho, s, wo * s, c)
+
+        def block(start, stop):
+            work = parallel.scratch()
+            m = stop - start
+            columns = work.get("pool_grad", (m, ho, wo, s, c), grad_out.dtype)
+            mask = work.get("pool_mask", (m, ho, wo, c), np.bool_)
+            for b in range(s):
+                np.equal(col_arg[start:stop], b, out=mask)
+                np.multiply(g[start:stop], mask, out=columns[:, :, :, b])
+            columns = columns.reshape(m, ho, wo * s, c)
+            mask = work.get("pool_mask", columns.shape, np.bool_)
+            for a in range(s):
+                np.equal(row_arg[start:stop], a, out=mask)
+                np.multiply(columns, mask, out=windows[start:stop, :, a])
+
+        parallel.run(block, parallel.blocks(n, h * w * c * grad_out.itemsize, POOL_BLOCK_BYTES))
         return from_channels_last(pixels)
 
     def output_shape(self, input_shape):

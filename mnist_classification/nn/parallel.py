@@ -13,6 +13,7 @@ block order.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,18 +45,40 @@ def blocks(count: int, per_item: int, budget: int, minimum: int = 8) -> list[tup
 
 
 def run(task, spans) -> list:
-    """``[task(start, stop) for (start, stop) in spans]``, computed on all cores with single-threaded BLAS."""
+    """``[task(start, stop) for (start, stop) in spans]``, computed on all cores with single-threaded BLAS.
+
+    The calling thread and the pool's threads take the next span in turn until none is left (a few
+    wake-ups per call rather than one per span)."""
     spans = list(spans)
     threads = min(workers(), len(spans))
     with single_threaded_blas():
         if threads <= 1:
             return [task(start, stop) for start, stop in spans]
-        futures = [_pool(threads).submit(task, start, stop) for start, stop in spans]
-        return [future.result() for future in futures]
+        results = [None] * len(spans)
+        claim, lock = iter(range(len(spans))), threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    index = next(claim, None)
+                if index is None:
+                    return
+                results[index] = task(*spans[index])
+
+        helpers = [_pool(threads - 1, os.getpid()).submit(work) for _ in range(threads - 1)]
+        try:
+            work()
+        finally:
+            for helper in helpers:  # every thread is done (or failed) before the results are used
+                helper.exception()
+        for helper in helpers:
+            helper.result()
+        return results
 
 
 @functools.cache
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """The pool of this process (a forked child gets its own: the parent's threads are not copied)."""
     return ThreadPoolExecutor(threads, thread_name_prefix="mnist-block")
 
 

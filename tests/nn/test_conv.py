@@ -15,6 +15,7 @@ from mnist_classification.nn.conv import (
     conv_feature_layers,
 )
 from mnist_classification.nn.layers import AddChannel
+from mnist_classification.nn.layout import is_channels_last
 from mnist_classification.nn.network import LAYER_TYPES, layer_from_config
 
 
@@ -189,6 +190,24 @@ def test_maxpool_ties_route_gradient_to_one_winner(size):
     dx = layer.backward(np.full_like(y, 3.0))
     assert dx.sum() == 3.0 and np.count_nonzero(dx) == 1
     assert dx.dtype == np.float32
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_maxpool_channels_last_blocks_equal_plain_pooling(monkeypatch, size):
+    # Channels-last inputs are pooled by blocks of images on the threads: same values, same winners on
+    # ties (few distinct values), same gradients, bit for bit, as plain (N, C, H, W) pooling; 7 x 8
+    # images drop a row (and for 3 x 3 windows a column too).
+    monkeypatch.setattr("mnist_classification.nn.conv.POOL_BLOCK_BYTES", 1)
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 4, (5, 3, 7, 8)).astype(np.float32)
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    grad = rng.standard_normal((5, 3, 7 // size, 8 // size)).astype(np.float32)
+    plain, blocked = MaxPool2D(size), MaxPool2D(size)
+    y = plain.forward(x, training=True)
+    y_last = blocked.forward(x_last, training=True)
+    assert is_channels_last(y_last)
+    np.testing.assert_array_equal(y_last, y)
+    np.testing.assert_array_equal(blocked.backward(grad), plain.backward(grad))
 
 
 # -- BatchNorm2D ----------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """Work split over the cores: blocks cover the batch, and results do not depend on the thread count."""
 
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -36,12 +39,43 @@ def test_run_returns_results_in_block_order_and_uses_threads():
         assert any(name.startswith("mnist-block") for name in seen)
 
 
+def test_run_waits_for_every_thread_and_raises_a_tasks_error(monkeypatch):
+    monkeypatch.setattr(parallel, "workers", lambda: 3)
+    finished = []
+
+    def task(start, stop):
+        time.sleep(0.002)
+        if start == 3:
+            raise ValueError("block 3 failed")
+        finished.append(start)
+
+    with pytest.raises(ValueError, match="block 3 failed"):
+        parallel.run(task, [(i, i + 1) for i in range(40)])
+    count = len(finished)
+    time.sleep(0.05)
+    assert len(finished) == count and 3 not in finished  # no thread still working after run returned
+
+
+def test_a_forked_child_gets_its_own_pool(monkeypatch):
+    monkeypatch.setattr(parallel, "workers", lambda: 2)
+    parallel.run(lambda start, stop: start, [(0, 1), (1, 2)])  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # child: the parent's pool threads were not copied; a fresh pool must serve it
+        signal.alarm(20)  # a child waiting on the parent's dead pool is killed, not left hanging
+        try:
+            ok = parallel.run(lambda start, stop: start, [(i, i + 1) for i in range(8)]) == list(range(8))
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def _train_step(method: str, seed: int = 0):
-    """Outputs and gradients of conv -> batch norm -> ReLU -> pool on a 16-image batch (32 channels:
-    the window-copy path of the blocked columns)."""
+    """Outputs and gradients of conv -> batch norm -> ReLU -> conv -> batch norm + ReLU -> pool on a
+    16-image batch (32 channels: the window-copy path of the blocked columns)."""
     rng = np.random.default_rng(seed)
     layers = [Conv2D(3, 32, 3, rng=rng, method=method), BatchNorm2D(32), ReLU(),
-              Conv2D(32, 16, 3, rng=rng, method=method), MaxPool2D(2)]
+              Conv2D(32, 16, 3, rng=rng, method=method), BatchNorm2D(16, activation="relu"), MaxPool2D(2)]
     x = rng.standard_normal((16, 3, 12, 12)).astype(np.float32)
     for layer in layers:
         x = layer.forward(x, training=True)
