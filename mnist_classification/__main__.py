@@ -61,6 +61,7 @@ EPILOG = {
         "  python -m mnist_classification predict --show --json a.png b.png\n"
         "  python -m mnist_classification predict --model models/model.npz digits.npy --output preds.csv\n"
         "  python -m mnist_classification predict --model a.npz --model b.npz my_digit.jpg   # a committee\n"
+        "  python -m mnist_classification predict --model committee/models/committee.json my_digit.jpg\n"
         "\n"
         "Every input gets its own result, in order; an input that cannot be read or holds no digit\n"
         "gets an error (on stderr, or an {\"file\", \"error\"} entry with --json) and the rest are\n"

@@ -57,9 +57,15 @@ def evaluation_report(probabilities: np.ndarray, labels: np.ndarray, classes: Se
     calibration = reliability(probabilities, labels)
     report["ece"] = round(calibration.expected_calibration_error, 6)
     if uncalibrated is not None:
-        report["ece_uncalibrated"] = round(reliability(uncalibrated, labels).expected_calibration_error, 6)
-        report["loss_uncalibrated"] = round(cross_entropy(labels, uncalibrated), 6)
+        report["ece_uncalibrated"], report["loss_uncalibrated"] = ece_and_loss(uncalibrated, labels)
     return report, predicted, calibration
+
+
+def ece_and_loss(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(expected calibration error, mean cross-entropy in nats), 6 decimals, of probabilities (N, K)
+    for images labelled (N,)."""
+    return (round(reliability(probabilities, labels).expected_calibration_error, 6),
+            round(cross_entropy(labels, probabilities), 6))
 
 
 @contextlib.contextmanager

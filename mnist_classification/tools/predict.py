@@ -26,8 +26,11 @@ and standard deviation (:func:`mnist_classification.data.preprocessing.standardi
 and classified with :meth:`Network.predict_proba`, so MLP and CNN models work
 alike. Several ``--model`` files classify as a committee
 (:class:`mnist_classification.nn.committee.Committee`): the average of their
-probabilities, as the committee pipeline's ensemble stage computes it; they must
-agree on input shape, classes and normalisation. One model is a committee of one.
+probabilities; they must agree on input shape, classes and normalisation. One
+model is a committee of one. A committee file (``--model committee.json``, the
+committee pipeline's committee/models/committee.json) names its members and holds
+the committee's temperature T: its probabilities are softmax(log(average) / T),
+as the ensemble stage computes them; with model files, T = 1.
 
 Every input gets an entry (:mod:`mnist_classification.tools.predict_report`),
 in order, as soon as its chunk (``CHUNK`` images) is classified: its result, or
@@ -54,7 +57,7 @@ from mnist_classification.data.preprocessing import standardise
 from mnist_classification.infra import atomic
 from mnist_classification.infra.errors import PipelineError
 from mnist_classification.infra.npz import npy_file_header
-from mnist_classification.nn.committee import Committee
+from mnist_classification.nn.committee import Committee, read_committee_file
 from mnist_classification.nn.network import Network, load_network
 from mnist_classification.tools.digit_image import SIZE, prepare_digit
 from mnist_classification.tools.predict_report import (
@@ -68,6 +71,8 @@ from mnist_classification.tools.predict_report import (
 )
 
 DEFAULT_MODEL = Path("models/model.npz")
+#: A --model path ending so is a committee file (see :mod:`mnist_classification.nn.committee`).
+COMMITTEE_SUFFIX = ".json"
 DEFAULT_OUTPUT = Path("predictions.csv")
 CSV_COLUMNS = ("index", "predicted", "probability", "top3")
 TOP_K = 3
@@ -306,7 +311,15 @@ def load_model(path: str | Path) -> Network:
 
 
 def load_models(paths: list[Path]) -> Committee:
-    """Load each model file (:func:`load_model`) into one committee; a single model is a committee of one."""
+    """Load each model file (:func:`load_model`) into one committee (a single model is a committee of one,
+    T = 1), or the members and temperature of a committee file (``.json``), which must be the only path."""
+    committee_files = [path for path in paths if path.suffix.lower() == COMMITTEE_SUFFIX]
+    if committee_files and len(paths) > 1:
+        raise PipelineError(f"{committee_files[0]} is a committee file; pass it as the only --model, or pass "
+                            "model files (.npz) only")
+    if committee_files:
+        members, temperature = read_committee_file(paths[0])
+        return Committee([load_model(path) for path in members], members, temperature)
     return Committee([load_model(path) for path in paths], paths)
 
 
@@ -366,7 +379,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(or 0..255 when any value exceeds 1)")
     parser.add_argument("--model", type=Path, action="append", metavar="PATH",
                         help=f"model file written by the train stage (default: {DEFAULT_MODEL}); given several "
-                             "times, the models classify as a committee: their probabilities are averaged")
+                             "times, the models classify as a committee: their probabilities are averaged; or "
+                             "one committee file (.json, e.g. committee/models/committee.json): its members "
+                             "and temperature")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     parser.add_argument("--show", action="store_true",
                         help="write each image's preprocessed 28x28 model input next to it as "

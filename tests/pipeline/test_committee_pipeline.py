@@ -2,9 +2,10 @@
 
 Members are tiny CNNs (one conv block of 4 channels, dense 16, one epoch). One `dvc repro committee/dvc.yaml`
 runs the root's fetch and preprocess, one stage per member and the ensemble (never the root's train);
+the ensemble's temperature, metrics and committee file are checked against the members' probabilities
+here, and ``predict`` with the committee file against the ensemble's probabilities;
 changing one seed (`dvc exp run -S committee/params.yaml:committee.seeds=...`) reruns that member and the
 ensemble only; a member queued and run with `dvc exp run --queue` comes back from the run-cache, untrained.
-The ensemble's metrics are checked against the members' probabilities averaged here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import yaml
 from pipeline_helpers import ROOT, commit_all, make_project, project_env, run, wait_for_queue, write_mirror
 
 from mnist_classification.data.preprocessing import load_prepared, standardise
+from mnist_classification.nn.committee import scale_probabilities
 from mnist_classification.nn.network import load_network
+from mnist_classification.reports.committee_calibration import calibrate_committee
+from mnist_classification.tools import predict
 
 TINY_TRAIN = {"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "hidden": [16]}
 
@@ -65,19 +69,41 @@ def test_each_member_is_its_own_stage_and_the_ensemble_averages_them(committee):
               for seed in (0, 1)]
     assert hashes[0] != hashes[1]  # two seeds, two members
 
-    # The committee's metrics are those of the members' averaged probabilities.
+    # The committee's temperature is the one fitted to the members' averaged probabilities on the validation
+    # split; its metrics are those of the average scaled by it: softmax(log(average) / T).
     images, labels = load_prepared(project / "data" / "prepared" / "test.npz")
+    val_images, val_labels = load_prepared(project / "data" / "prepared" / "val.npz")
     metrics = committee_metrics(project)
-    singles = []
+    singles, val_singles = [], []
     for seed, path in zip((0, 1), models):
         network = load_network(path)
         singles.append(network.predict_proba(standardise(images, network.mean, network.std)))  # calibrated
+        val_singles.append(network.predict_proba(standardise(val_images, network.mean, network.std)))
         assert metrics["members"][f"seed-{seed}"]["temperature"] == network.temperature
+    scaling = calibrate_committee(val_singles, val_labels)
+    assert metrics["calibration"] == scaling.summary()
+    temperature = metrics["temperature"]
+    assert temperature == scaling.temperature and temperature in (1.0, scaling.fitted)
     average = (singles[0] + singles[1]) / np.float32(2)
+    committee_p = scale_probabilities(average, temperature)
+    rows = np.arange(len(labels))
     assert metrics["accuracy"] == pytest.approx(np.mean(average.argmax(axis=1) == labels), abs=1e-6)
-    assert metrics["loss"] == pytest.approx(-np.mean(np.log(average[np.arange(len(labels)), labels])), abs=1e-5)
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log(committee_p[rows, labels])), abs=1e-5)
+    assert metrics["loss_average"] == pytest.approx(-np.mean(np.log(average[rows, labels])), abs=1e-5)
     assert 0 <= metrics["ece"] <= 1 and metrics["samples"] == len(labels)
-    assert {"ece_uncalibrated", "loss_uncalibrated"} <= set(metrics)
+    assert {"ece_uncalibrated", "loss_uncalibrated", "ece_average"} <= set(metrics)
+
+    # The committee file names the members (relative to it, with their md5) and holds T; predict reading it
+    # gives the ensemble stage's probabilities.
+    committee_file = project / "committee" / "models" / "committee.json"
+    document = json.loads(committee_file.read_text())
+    assert document["temperature"] == temperature
+    assert [member["path"] for member in document["members"]] == [f"../members/seed-{seed}/models/model.npz"
+                                                                  for seed in (0, 1)]
+    assert [member["md5"] for member in document["members"]] == hashes  # as DVC recorded them
+    predicted = predict.classify(predict.load_models([committee_file]), images)
+    np.testing.assert_allclose(predicted, committee_p, rtol=0, atol=1e-6)
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log(predicted[rows, labels])), abs=1e-5)
     assert set(metrics["members"]) == {"seed-0", "seed-1"}
     for seed, single in zip((0, 1), singles):
         member = metrics["members"][f"seed-{seed}"]

@@ -34,6 +34,7 @@ from mnist_classification.data.preprocessing import (
 )
 from mnist_classification.infra.errors import PipelineError
 from mnist_classification.infra.params import validate
+from mnist_classification.nn.committee import write_committee_file
 from mnist_classification.nn.augment import Augmenter
 from mnist_classification.nn.network import Network, build_network
 from mnist_classification.nn.optimizers import make_optimizer
@@ -687,6 +688,45 @@ def test_cli_refuses_members_that_disagree(committee_models, drawn):
     a, odd = committee_models["a"], committee_models["odd"]
     assert_clean_error(cli("--model", a, "--model", odd, drawn["3"]), f"model files {a} and {odd} cannot form "
                        "a committee: their normalisation (mean, std) differ")
+
+
+def test_cli_committee_file_scales_the_mean_by_its_temperature(committee_models, tmp_path):
+    a, b = committee_models["a"], committee_models["b"]
+    committee = tmp_path / "committee.json"
+    write_committee_file(committee, [a, b], 0.5)
+    images = np.random.default_rng(2).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "batch.npy", images)
+    mean = np.mean([_single_probabilities(path, images) for path in (a, b)], axis=0)
+    expected = mean**2 / (mean**2).sum(axis=1, keepdims=True)  # softmax(log(mean) / 0.5)
+    assert np.abs(expected - mean).max() > 0.05  # the temperature does change them
+    result = cli("--model", committee, "--json", tmp_path / "batch.npy", "--output", tmp_path / "p.csv")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["model"] == str(committee)
+    for index, line in enumerate((tmp_path / "p.csv").read_text().splitlines()[1:]):
+        _, predicted, probability, top3 = line.split(",")
+        assert int(predicted) == expected[index].argmax()
+        for pair in top3.split(" "):
+            name, p = pair.split(":")
+            assert float(p) == pytest.approx(expected[index, int(name)], abs=2e-6)
+
+
+def test_cli_refuses_a_committee_file_with_other_models_or_damaged(committee_models, drawn, tmp_path):
+    a, b = committee_models["a"], committee_models["b"]
+    committee = tmp_path / "committee.json"
+    write_committee_file(committee, [a, b], 0.5)
+    assert_clean_error(cli("--model", committee, "--model", a, drawn["3"]),
+                       f"{committee} is a committee file; pass it as the only --model")
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"format": "mnist-classification committee", "members": []}')
+    assert_clean_error(cli("--model", damaged, drawn["3"]), f"committee file {damaged}: members is not a "
+                       "non-empty list; expected a JSON object")
+    moved = tmp_path / "elsewhere" / "committee.json"  # its members' relative paths no longer lead to them
+    moved.parent.mkdir()
+    moved.write_bytes(committee.read_bytes())
+    assert_clean_error(cli("--model", moved, drawn["3"]), f"committee file {moved} names member", "is not found")
+    odd = tmp_path / "odd.json"
+    write_committee_file(odd, [a, committee_models["odd"]], 1.0)
+    assert_clean_error(cli("--model", odd, drawn["3"]), "cannot form a committee: their normalisation")
 
 
 def test_json_report_names_every_member():
