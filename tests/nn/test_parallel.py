@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -107,3 +108,10 @@ def test_elementwise_runs_on_matching_layouts_and_falls_back_on_others(monkeypat
     other = np.empty(x.shape, dtype=np.float32)  # plain layout: one call on the whole arrays
     parallel.elementwise(lambda a, o: np.multiply(a, 3, out=o), x, other)
     np.testing.assert_array_equal(other, 3 * x)
+
+
+def test_run_shortens_gil_turns_only_while_it_runs(monkeypatch):
+    monkeypatch.setattr(parallel, "workers", lambda: 2)
+    before = sys.getswitchinterval()
+    seen = parallel.run(lambda start, stop: sys.getswitchinterval(), [(0, 1), (1, 2)])
+    assert seen == [parallel.SWITCH_INTERVAL] * 2 and sys.getswitchinterval() == before
