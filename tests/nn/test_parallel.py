@@ -32,6 +32,7 @@ def test_run_returns_results_in_block_order_and_uses_threads():
 
     def task(start, stop):
         seen.add(threading.current_thread().name)
+        time.sleep(0.002)  # long enough that the pool's thread takes spans too
         return start * 10 + stop
 
     spans = parallel.blocks(64, 1, 4)
