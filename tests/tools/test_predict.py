@@ -705,6 +705,7 @@ def test_cli_committee_file_scales_the_mean_by_its_temperature(committee_models,
     for index, line in enumerate((tmp_path / "p.csv").read_text().splitlines()[1:]):
         _, predicted, probability, top3 = line.split(",")
         assert int(predicted) == expected[index].argmax()
+        assert float(probability) == pytest.approx(expected[index].max(), abs=2e-6)
         for pair in top3.split(" "):
             name, p = pair.split(":")
             assert float(p) == pytest.approx(expected[index, int(name)], abs=2e-6)
