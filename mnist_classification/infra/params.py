@@ -138,6 +138,10 @@ def _unit_half_open(v) -> bool:
     return 0 <= v < 1
 
 
+def _unit_closed(v) -> bool:
+    return 0 <= v <= 1
+
+
 def _positive_widths(v) -> bool:
     return len(v) > 0 and all(w > 0 for w in v)
 
@@ -214,6 +218,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "elastic_alpha": Field("float", 0.0, "elastic distortion strength in pixels (0 = off)",
                                    check=_non_negative, expect=">= 0"),
             "elastic_sigma": Field("float", 4.0, "elastic smoothing in pixels", check=_positive, expect="> 0"),
+            "flip": Field("float", 0.0, "probability of mirroring an image left to right (0 = off; for "
+                          "mirror-symmetric classes such as clothes, not digits)", check=_unit_closed,
+                          expect="a probability in [0, 1]"),
         },
     },
     "committee": {

@@ -8,7 +8,9 @@ value of a black pixel).
 
 - affine: rotation within ±``rotation`` degrees, scale within 1 ± ``scale``,
   shear within ±``shear`` (tangent of the shear angle), translation within
-  ±``shift`` pixels in x and y;
+  ±``shift`` pixels in x and y, and a left-right mirror with probability
+  ``flip`` (for images whose classes are mirror-symmetric, such as
+  Fashion-MNIST's clothes; never for digits);
 - elastic (Simard et al. 2003): a displacement field drawn uniformly from
   [-1, 1] per pixel and axis, smoothed by a Gaussian of ``elastic_sigma``
   pixels and scaled by ``elastic_alpha`` pixels.
@@ -79,8 +81,9 @@ class Augmenter:
 
     def __init__(self, shift: float, rotation: float, scale: float, shear: float,
                  elastic_alpha: float, elastic_sigma: float, rng: np.random.Generator,
-                 background: float = 0.0) -> None:
+                 background: float = 0.0, flip: float = 0.0) -> None:
         self.shift, self.rotation, self.scale, self.shear = shift, rotation, scale, shear
+        self.flip = flip
         self.elastic_alpha, self.elastic_sigma = elastic_alpha, elastic_sigma
         self.rng = rng
         self.background = float(background)
@@ -92,10 +95,11 @@ class Augmenter:
         if not section["enabled"]:
             return None
         return cls(section["shift"], section["rotation"], section["scale"], section["shear"],
-                   section["elastic_alpha"], section["elastic_sigma"], rng, background)
+                   section["elastic_alpha"], section["elastic_sigma"], rng, background, section["flip"])
 
     def random_matrices(self, n: int) -> np.ndarray:
-        """(n, 2, 3) output-to-input maps: inverses of random forward transforms R(angle) S(shear) Z(scale)."""
+        """(n, 2, 3) output-to-input maps: inverses of random forward transforms R(angle) S(shear) Z(scale) X,
+        X a left-right mirror with probability ``flip`` (drawn last: without it the draws are as before)."""
         rng = self.rng
         angle = np.deg2rad(rng.uniform(-self.rotation, self.rotation, n))
         zoom = rng.uniform(1 - self.scale, 1 + self.scale, n)
@@ -108,6 +112,8 @@ class Augmenter:
         skew[:, 0, 1] = shear
         forward = rotate @ skew * zoom[:, None, None]
         inverse = np.linalg.inv(forward)
+        if self.flip > 0:  # X^-1 = X negates the sampled x: the first row of the map
+            inverse[:, 0] *= np.where(rng.random(n) < self.flip, -1.0, 1.0)[:, None]
         # Output o = F (i) + t  =>  input i = F^-1 (o - t) = F^-1 o - F^-1 t.
         offset = -(inverse @ shift[:, :, None])[:, :, 0]
         return np.concatenate([inverse, offset[:, :, None]], axis=2)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from mnist_classification.infra.errors import PipelineError
 from mnist_classification.infra.params import validate
 from mnist_classification.nn.augment import Augmenter, gaussian_matrix, warp
 
@@ -101,3 +102,38 @@ def test_augmenter_fills_with_its_background():
                           rng=np.random.default_rng(0), background=-0.4)
     out = augmenter(np.ones((8, 6, 6), np.float32))
     assert np.isclose(out, -0.4).any() and (np.isclose(out, -0.4) | (out > -0.4)).all()
+
+
+def test_flip_mirrors_left_to_right_exactly():
+    images = np.random.default_rng(2).random((6, 28, 28), dtype=np.float32)
+    augmenter = _augmenter(shift=0, rotation=0, scale=0, shear=0, flip=1.0)
+    np.testing.assert_array_equal(augmenter(images), images[:, :, ::-1])
+
+
+def test_flip_mirrors_about_the_given_share_and_leaves_the_rest():
+    images = np.random.default_rng(3).random((400, 9, 9), dtype=np.float32)
+    out = _augmenter(0, shift=0, rotation=0, scale=0, shear=0, flip=0.25)(images)
+    mirrored = np.all(out == images[:, :, ::-1], axis=(1, 2))
+    kept = np.all(out == images, axis=(1, 2))
+    assert np.all(mirrored ^ kept)  # every image is one or the other, exactly
+    assert 70 <= mirrored.sum() <= 130  # 100 expected; binomial sd 8.7
+
+
+def test_flip_coins_come_after_the_affine_draws():
+    # flip = 0 draws exactly the affine maps of an augmenter built without it (earlier recipes keep their
+    # random stream); flip = 1 negates the sampled x (the first row) of those same maps.
+    with_key = _augmenter(5, flip=0.0).random_matrices(64)
+    rng = np.random.default_rng(5)
+    section = validate({"train": {"augment": {"enabled": True}}})["train"]["augment"]
+    without = Augmenter(section["shift"], section["rotation"], section["scale"], section["shear"],
+                        section["elastic_alpha"], section["elastic_sigma"], rng).random_matrices(64)
+    np.testing.assert_array_equal(with_key, without)
+    flipped = _augmenter(5, flip=1.0).random_matrices(64)
+    np.testing.assert_array_equal(flipped[:, 0], -without[:, 0])
+    np.testing.assert_array_equal(flipped[:, 1], without[:, 1])
+
+
+@pytest.mark.parametrize("flip", [-0.1, 1.5])
+def test_flip_outside_zero_to_one_is_refused(flip):
+    with pytest.raises(PipelineError, match=r"train.augment.flip .*a probability in \[0, 1\]"):
+        validate({"train": {"augment": {"flip": flip}}})
