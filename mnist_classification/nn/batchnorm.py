@@ -7,8 +7,9 @@ running statistics ``running = momentum * running + (1 - momentum) * batch``
 (the running variance takes the unbiased batch variance); at inference it
 uses the running statistics, which are saved in the model file as buffers.
 With ``activation="relu"`` it also applies ReLU to its output in the same pass
-(and backward recomputes the ReLU's mask from the saved input): one pass over
-the feature maps instead of three, and no mask kept.
+(and backward takes the ReLU's mask from that output, which in training a next
+convolution keeps anyway): one pass over the feature maps instead of three, and
+no mask kept.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mnist_classification.nn.layout import (
 
 #: Channels-last batches are normalised as rows of about this many values
 #: (see BatchNorm2D._per_channel).
-FOLD_WIDTH = 1024
+FOLD_WIDTH = 16384
 
 #: Activations that batch norm can apply in its own pass.
 FUSED_ACTIVATIONS = ("identity", "relu")
@@ -120,7 +121,9 @@ class BatchNorm2D(Layer):
         shift = (beta - mean * scale).astype(dtype)
         relu = self.activation == "relu"
         out = blocks.affine(scale, shift, dtype, relu)
-        self._cache = (training, x2, layout, x.shape, mean, inv_std, (scale, shift) if relu else None)
+        # With the ReLU, backward takes its mask from the output: kept in training (a next convolution keeps
+        # it anyway; before pooling it costs one feature map), recomputed at inference (nothing else keeps it).
+        self._cache = (training, x2, layout, x.shape, mean, inv_std, scale, shift, out if relu and training else None)
         return self._restore(out, x.shape, layout)
 
     @staticmethod
@@ -132,17 +135,18 @@ class BatchNorm2D(Layer):
     def backward(self, grad_out):
         if self._cache is None:
             raise RuntimeError("BatchNorm2D.backward needs a preceding forward(x)")
-        (training, x2, layout, shape, mean, inv_std, relu), self._cache = self._cache, None
+        (training, x2, layout, shape, mean, inv_std, scale, shift, output), self._cache = self._cache, None
         g2, axis, fold = self._per_channel(grad_out, layout)
-        blocks = _Blocks(x2, axis, fold, self.channels, relu)
+        if self.activation == "relu" and output is None:
+            output = _Blocks(x2, axis, fold, self.channels).affine(scale, shift, scale.dtype, relu=True)
+        blocks = _Blocks(x2, axis, fold, self.channels, output)
         dgamma, dbeta, g2 = blocks.gamma_beta_grads(g2, mean, inv_std)
         self.grads["gamma"][...] = dgamma
         self.grads["beta"][...] = dbeta
         if not self.needs_input_grad:
             return None
-        scale = (self.params["gamma"] * inv_std).astype(inv_std.dtype)
         statistics = (dgamma, dbeta) if training else (None, None)  # at inference the statistics are constants
-        dx = blocks.input_grad(g2, mean, inv_std, scale, *statistics, out=None if relu is None else g2)
+        dx = blocks.input_grad(g2, mean, inv_std, scale, *statistics, out=None if output is None else g2)
         return self._restore(dx, shape, layout)
 
     def output_shape(self, input_shape):
@@ -165,12 +169,12 @@ class _Blocks:
     ``fold`` pixels per row when axis is 0), cut into cache-sized blocks along its long axis."""
 
     def __init__(self, a: np.ndarray, axis: int, fold: int, channels: int,
-                 relu: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """``relu``: the (scale, shift) (C,) that forward applied before a fused ReLU, or None."""
+                 relu_output: np.ndarray | None = None) -> None:
+        """``relu_output``: forward's output (a matrix like ``a``) when a ReLU was fused, else None."""
         self.a, self.axis, self.fold, self.channels = a, axis, fold, channels
         self.count = a.size // channels
         self.spans = parallel.blocks(a.shape[axis], a.itemsize * a.shape[1 - axis], BLOCK_BYTES)
-        self.relu = None if relu is None else tuple(self._along(v) for v in relu)
+        self.relu_output = relu_output
 
     def _take(self, m: np.ndarray, start: int, stop: int) -> np.ndarray:
         return m[start:stop] if self.axis == 0 else m[:, start:stop]
@@ -187,13 +191,12 @@ class _Blocks:
             return (ones @ b).reshape(self.fold, self.channels).sum(axis=0)
         return b @ ones
 
-    def _normalised(self, start: int, stop: int, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
-        """(x - mean) * inv_std of one block, in this thread's scratch."""
+    def _centred(self, start: int, stop: int, mean: np.ndarray) -> np.ndarray:
+        """x - mean of one block, in this thread's scratch."""
         b = self._take(self.a, start, stop)
-        xhat = parallel.scratch().get("xhat", b.shape, mean.dtype)
-        np.subtract(b, mean, out=xhat)
-        xhat *= inv_std
-        return xhat
+        centred = parallel.scratch().get("centred", b.shape, mean.dtype)
+        np.subtract(b, mean, out=centred)
+        return centred
 
     def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and (biased) variance over the whole matrix, float64 (C,) each."""
@@ -201,8 +204,7 @@ class _Blocks:
             b = self._take(self.a, start, stop)
             count = b.size // self.channels
             mean = self._sums(b) / count
-            deviation = parallel.scratch().get("xhat", b.shape, b.dtype)
-            np.subtract(b, self._along(mean), out=deviation)
+            deviation = self._centred(start, stop, self._along(mean))
             np.square(deviation, out=deviation)
             return count, mean.astype(np.float64), self._sums(deviation).astype(np.float64)
 
@@ -214,18 +216,17 @@ class _Blocks:
         return mean, squares / self.count
 
     def affine(self, scale: np.ndarray, shift: np.ndarray, dtype, relu: bool) -> np.ndarray:
-        """New ``a * scale + shift`` (per channel), then ReLU'd (as ``y * (y > 0)``) if ``relu``."""
+        """New ``a * scale + shift`` (per channel), then ReLU'd (``max(y, 0)``) if ``relu``."""
         out = np.empty(self.a.shape, dtype=dtype)
         scale, shift = self._along(scale), self._along(shift)
+        zeros = np.zeros_like(shift)
 
         def block(start, stop):
             o = self._take(out, start, stop)
             np.multiply(self._take(self.a, start, stop), scale, out=o)
             o += shift
             if relu:
-                mask = parallel.scratch().get("relu_mask", o.shape, np.bool_)
-                np.greater(o, 0, out=mask)
-                o *= mask
+                np.maximum(o, zeros, out=o)  # a row of zeros: NumPy's loop with a scalar 0 is 2 times slower
 
         parallel.run(block, self.spans)
         return out
@@ -233,50 +234,49 @@ class _Blocks:
     def gamma_beta_grads(self, g: np.ndarray, mean: np.ndarray, inv_std: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sum of g' * xhat, sum of g') per channel and g' itself, for upstream gradients g shaped like
-        the matrix: g' is g, or with a fused ReLU a new g * mask, the mask recomputed from the input
-        exactly as forward computed it."""
-        mean, inv_std = self._along(mean), self._along(inv_std)
-        masked = g if self.relu is None else np.empty(g.shape, dtype=np.result_type(g.dtype, self.relu[0].dtype))
+        the matrix: g' is g, or with a fused ReLU a new g * (output > 0)."""
+        mean = self._along(mean)
+        output = self.relu_output
+        masked = g if output is None else np.empty(g.shape, dtype=np.result_type(g.dtype, output.dtype))
 
         def block(start, stop):
             gb = self._take(masked, start, stop)
-            if self.relu is not None:
-                scale, shift = self.relu
-                np.multiply(self._take(self.a, start, stop), scale, out=gb)
-                gb += shift
+            if output is not None:
                 mask = parallel.scratch().get("relu_mask", gb.shape, np.bool_)
-                np.greater(gb, 0, out=mask)
+                np.greater(self._take(output, start, stop), 0, out=mask)
                 np.multiply(self._take(g, start, stop), mask, out=gb)
-            xhat = self._normalised(start, stop, mean, inv_std)
-            xhat *= gb
-            return self._sums(xhat), self._sums(gb)
+            centred = self._centred(start, stop, mean)
+            centred *= gb
+            return self._sums(centred), self._sums(gb)
 
         parts = parallel.run(block, self.spans)
         dgamma, dbeta = (part.copy() for part in parts[0])
         for part_gamma, part_beta in parts[1:]:
             dgamma += part_gamma
             dbeta += part_beta
+        dgamma *= inv_std
         return dgamma, dbeta, masked
 
     def input_grad(self, g: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, scale: np.ndarray,
                    dgamma: np.ndarray | None, dbeta: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
         """Input gradient for upstream gradients g (g' of :meth:`gamma_beta_grads`), written to ``out``
-        (may be g itself) or a new array: in training gamma / std * (g - mean(g) - xhat * mean(g * xhat));
+        (may be g itself) or a new array: in training gamma / std * (g - mean(g) - xhat * mean(g * xhat)),
+        computed as scale * g - (scale * inv_std * mean(g * xhat)) * (x - mean) - scale * mean(g);
         with ``dgamma`` None (inference: the running statistics are constants) gamma / std * g."""
         dx = np.empty(g.shape, dtype=np.result_type(g.dtype, scale.dtype)) if out is None else out
-        mean, inv_std, scale_g = self._along(mean), self._along(inv_std), self._along(scale)
+        mean, scale_g = self._along(mean), self._along(scale)
         statistics = dgamma is not None
         if statistics:
-            scale_xhat = self._along(-scale * dgamma / self.count)
+            scale_centred = self._along(-scale * inv_std * dgamma / self.count)
             offset = self._along(-scale * dbeta / self.count)
 
         def block(start, stop):
             d = self._take(dx, start, stop)
             np.multiply(self._take(g, start, stop), scale_g, out=d)
             if statistics:
-                xhat = self._normalised(start, stop, mean, inv_std)
-                xhat *= scale_xhat
-                d += xhat
+                centred = self._centred(start, stop, mean)
+                centred *= scale_centred
+                d += centred
                 d += offset
 
         parallel.run(block, self.spans)

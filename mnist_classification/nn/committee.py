@@ -35,7 +35,7 @@ import numpy as np
 from mnist_classification.infra import atomic
 from mnist_classification.infra.errors import PipelineError
 from mnist_classification.nn.losses import softmax
-from mnist_classification.nn.network import _TEMPERATURE_EXPECTED, Network, _valid_temperature, load_network
+from mnist_classification.nn.network import TEMPERATURE_EXPECTED, Network, load_network, valid_temperature
 
 #: Probabilities are raised to at least this before their log is taken: float32's smallest normal number
 #: (1.2e-38; its log is -87.3). See :func:`log_probabilities`.
@@ -169,8 +169,8 @@ def _committee_document(path: Path) -> dict:
                  and member["path"] and isinstance(member["md5"], str)
                  and re.fullmatch(r"[0-9a-f]{32}", member["md5"]) for member in members):
         problem = 'a member is not {"path": non-empty string, "md5": 32 lowercase hex digits}'
-    elif not _valid_temperature(document.get("temperature")):
-        problem = f"temperature is {document.get('temperature')!r:.60}; expected {_TEMPERATURE_EXPECTED}"
+    elif not valid_temperature(document.get("temperature")):
+        problem = f"temperature is {document.get('temperature')!r:.60}; expected {TEMPERATURE_EXPECTED}"
     if problem is not None:
         raise PipelineError(f"committee file {path}: {problem}; {_COMMITTEE_EXPECTED}")
     return document

@@ -308,23 +308,6 @@ class MaxPool2D(Layer):
             raise ValueError(f"pool size must be positive, not {size}")
         self._cache = None
 
-    @staticmethod
-    def _reduce(slices, out_shape, dtype):
-        """Elementwise max over ``slices`` and the index of the first slice holding it."""
-        if len(slices) == 2:  # the common 2 x 2 pool: two operations
-            first, second = slices
-            arg = np.greater(second, first).view(np.uint8).reshape(out_shape)
-            return np.maximum(first, second, dtype=dtype).reshape(out_shape), arg
-        best = np.array(slices[0], dtype=dtype, copy=True).reshape(out_shape)
-        arg = np.zeros(out_shape, dtype=np.uint8)
-        for index, candidate in enumerate(slices[1:], start=1):
-            # Strictly greater: on ties the earlier slice keeps winning. Later indices are larger,
-            # so max(arg, index * wins) sets arg to index exactly where this slice wins.
-            wins = np.greater(candidate, best).view(np.uint8)
-            np.maximum(arg, wins * np.uint8(index), out=arg)
-            np.maximum(best, candidate, out=best)
-        return best, arg
-
     def forward(self, x, training=False):
         if x.ndim != 4:
             raise ValueError(f"MaxPool2D expects (N, C, H, W), got {x.shape}")
@@ -339,10 +322,10 @@ class MaxPool2D(Layer):
             planes = np.ascontiguousarray(planes[:, :ho * s, :wo * s])
         # First across each window's rows, on contiguous image rows: (P * Ho, s, W) -> (P * Ho, W).
         rows = planes.reshape(n * c * ho, s, wo * s)
-        row_max, row_arg = self._reduce([rows[:, a] for a in range(s)], (n * c * ho, wo * s), x.dtype)
+        row_max, row_arg = self._reduced([rows[:, a] for a in range(s)])
         # Then across its columns: (P * Ho * Wo, s) -> (P * Ho * Wo,).
         pairs = row_max.reshape(-1, s)
-        out, col_arg = self._reduce([pairs[:, b] for b in range(s)], (pairs.shape[0],), x.dtype)
+        out, col_arg = self._reduced([pairs[:, b] for b in range(s)])
         self._cache = (x.shape, channel_first, row_arg, col_arg) if training else None
         if channel_first:
             return from_channel_major(out.reshape(c, n, ho, wo))
@@ -390,6 +373,14 @@ class MaxPool2D(Layer):
             np.greater(candidate, best, out=wins)  # strictly: on ties the earlier slice keeps winning
             np.copyto(arg, np.uint8(index), where=wins)
             np.maximum(best, candidate, out=best)
+
+    @classmethod
+    def _reduced(cls, slices):
+        """New (max, index of the first slice holding it) arrays of :meth:`_reduce_into` over ``slices``."""
+        best = np.empty(slices[0].shape, dtype=slices[0].dtype)
+        arg = np.empty(best.shape, dtype=np.uint8)
+        cls._reduce_into(slices, best, arg, np.empty(best.shape, dtype=np.bool_))
+        return best, arg
 
     def _forward_channels_last(self, x, training):
         """Pooling of channels-last x -> (N, Ho, Wo, C) memory, by blocks of images on all cores, each

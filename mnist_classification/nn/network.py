@@ -131,9 +131,9 @@ class Network:
 
     def save(self, path: str | Path) -> None:
         """Write the model atomically; refuses to write non-finite weights or a temperature out of range."""
-        if not _valid_temperature(self.temperature):
+        if not valid_temperature(self.temperature):
             raise PipelineError(f"refusing to write {path}: temperature {self.temperature!r} is not "
-                                f"{_TEMPERATURE_EXPECTED}")
+                                f"{TEMPERATURE_EXPECTED}")
         arrays = self.state()
         for key, array in arrays.items():
             if not np.all(np.isfinite(array)):
@@ -153,10 +153,12 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-_TEMPERATURE_EXPECTED = f"a finite number from {TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g}"
+#: What a valid temperature is, for error messages.
+TEMPERATURE_EXPECTED = f"a finite number from {TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g}"
 
 
-def _valid_temperature(value) -> bool:
+def valid_temperature(value) -> bool:
+    """Whether a model or committee file's temperature is a number in TEMPERATURE_RANGE."""
     return type(value) in (int, float) and TEMPERATURE_RANGE[0] <= value <= TEMPERATURE_RANGE[1]
 
 
@@ -272,8 +274,8 @@ def _read_header(archive: NpzArchive) -> dict:
             and all(type(v) in (int, float) and math.isfinite(v) for v in norm.values()) and norm["std"] > 0):
         raise ValueError(f"normalisation is {_brief(norm)}; expected finite mean and std, std > 0")
     header = {**_OPTIONAL_HEADER_KEYS, **header}
-    if not _valid_temperature(header["temperature"]):
-        raise ValueError(f"temperature is {_brief(header['temperature'])}; expected {_TEMPERATURE_EXPECTED}")
+    if not valid_temperature(header["temperature"]):
+        raise ValueError(f"temperature is {_brief(header['temperature'])}; expected {TEMPERATURE_EXPECTED}")
     if not (isinstance(header["layers"], list) and header["layers"]):
         raise ValueError(f"layers is {_brief(header['layers'])}; expected a non-empty list of layer configs")
     if not (isinstance(header["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", header["sha256"])):

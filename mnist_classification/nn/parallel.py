@@ -65,15 +65,31 @@ def run(task, spans) -> list:
             return _shared(task, spans, threads)
 
 
+class _GilTurns:
+    """Who is inside :func:`_short_gil_turns`: the interval is the interpreter's, so the first to enter
+    sets it and the last to leave restores it (runs from several threads overlap safely)."""
+
+    lock = threading.Lock()
+    inside = 0
+    previous = 0.0
+
+
 @contextlib.contextmanager
 def _short_gil_turns():
-    """Python's GIL switch interval at :data:`SWITCH_INTERVAL` for the block (restored after)."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    """Python's GIL switch interval at :data:`SWITCH_INTERVAL` for the block (restored after the last
+    overlapping block ends)."""
+    with _GilTurns.lock:
+        if _GilTurns.inside == 0:
+            _GilTurns.previous = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        _GilTurns.inside += 1
     try:
         yield
     finally:
-        sys.setswitchinterval(previous)
+        with _GilTurns.lock:
+            _GilTurns.inside -= 1
+            if _GilTurns.inside == 0:
+                sys.setswitchinterval(_GilTurns.previous)
 
 
 def _shared(task, spans: list[tuple[int, int]], threads: int) -> list:

@@ -116,3 +116,38 @@ def test_run_shortens_gil_turns_only_while_it_runs(monkeypatch):
     before = sys.getswitchinterval()
     seen = parallel.run(lambda start, stop: sys.getswitchinterval(), [(0, 1), (1, 2)])
     assert seen == [parallel.SWITCH_INTERVAL] * 2 and sys.getswitchinterval() == before
+
+
+def test_overlapping_runs_from_two_threads_restore_the_interval_once_both_end(monkeypatch):
+    # Thread A enters first and leaves first while B is still running: the short interval must stay
+    # until B ends, and the interval from before A must come back (not A's short one, restored by B).
+    monkeypatch.setattr(parallel, "workers", lambda: 2)
+    before = sys.getswitchinterval()
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def task_a(start, stop):
+        a_inside.set()
+        assert b_inside.wait(10)
+        return sys.getswitchinterval()
+
+    def task_b(start, stop):
+        b_inside.set()
+        assert a_done.wait(10)
+        return sys.getswitchinterval()  # A has left: still short while B runs
+
+    def run_a():
+        seen["a"] = parallel.run(task_a, [(0, 1)] * 2)
+        a_done.set()
+
+    def run_b():
+        assert a_inside.wait(10)
+        seen["b"] = parallel.run(task_b, [(0, 1)] * 2)
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert seen["a"] == [parallel.SWITCH_INTERVAL] * 2 and seen["b"] == [parallel.SWITCH_INTERVAL] * 2
+    assert sys.getswitchinterval() == before
