@@ -221,6 +221,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "flip": Field("float", 0.0, "probability of mirroring an image left to right (0 = off; for "
                           "mirror-symmetric classes such as clothes, not digits)", check=_unit_closed,
                           expect="a probability in [0, 1]"),
+            "erase": Field("float", 0.0, "probability of erasing a random rectangle of 2-40% of an image "
+                           "to black (random erasing; 0 = off)", check=_unit_closed,
+                           expect="a probability in [0, 1]"),
         },
     },
     "committee": {

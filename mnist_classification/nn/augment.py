@@ -11,6 +11,9 @@ value of a black pixel).
   ±``shift`` pixels in x and y, and a left-right mirror with probability
   ``flip`` (for images whose classes are mirror-symmetric, such as
   Fashion-MNIST's clothes; never for digits);
+- random erasing (Zhong et al. 2017), with probability ``erase`` per image: a
+  rectangle of ERASE_AREA of the image's area and ERASE_ASPECT height/width,
+  at a random place inside the image, set to ``background``, after the warp;
 - elastic (Simard et al. 2003): a displacement field drawn uniformly from
   [-1, 1] per pixel and axis, smoothed by a Gaussian of ``elastic_sigma``
   pixels and scaled by ``elastic_alpha`` pixels.
@@ -19,6 +22,11 @@ value of a black pixel).
 from __future__ import annotations
 
 import numpy as np
+
+#: Random erasing: the rectangle's share of the image area and its height / width ratio are drawn from
+#: these ranges (the aspect ratio uniformly on a log scale), as in Zhong et al. 2017.
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
 
 
 def gaussian_matrix(size: int, sigma: float) -> np.ndarray:
@@ -81,9 +89,9 @@ class Augmenter:
 
     def __init__(self, shift: float, rotation: float, scale: float, shear: float,
                  elastic_alpha: float, elastic_sigma: float, rng: np.random.Generator,
-                 background: float = 0.0, flip: float = 0.0) -> None:
+                 background: float = 0.0, flip: float = 0.0, erase: float = 0.0) -> None:
         self.shift, self.rotation, self.scale, self.shear = shift, rotation, scale, shear
-        self.flip = flip
+        self.flip, self.erase = flip, erase
         self.elastic_alpha, self.elastic_sigma = elastic_alpha, elastic_sigma
         self.rng = rng
         self.background = float(background)
@@ -95,7 +103,8 @@ class Augmenter:
         if not section["enabled"]:
             return None
         return cls(section["shift"], section["rotation"], section["scale"], section["shear"],
-                   section["elastic_alpha"], section["elastic_sigma"], rng, background, section["flip"])
+                   section["elastic_alpha"], section["elastic_sigma"], rng, background, section["flip"],
+                   section["erase"])
 
     def random_matrices(self, n: int) -> np.ndarray:
         """(n, 2, 3) output-to-input maps: inverses of random forward transforms R(angle) S(shear) Z(scale) X,
@@ -133,8 +142,28 @@ class Augmenter:
             self._smoothers[size] = gaussian_matrix(size, self.elastic_sigma)
         return self._smoothers[size]
 
+    def random_rectangles(self, n: int, h: int, w: int) -> np.ndarray:
+        """(n, 4) int rectangles (top, left, bottom, right), exclusive ends, to erase in (h, w) images; empty
+        (bottom = top) for the images that keep everything (probability 1 - ``erase``)."""
+        rng = self.rng
+        erased = rng.random(n) < self.erase
+        area = rng.uniform(*ERASE_AREA, n) * h * w
+        aspect = np.exp(rng.uniform(*np.log(ERASE_ASPECT), n))
+        height = np.clip(np.rint(np.sqrt(area * aspect)), 1, h).astype(np.intp)
+        width = np.clip(np.rint(np.sqrt(area / aspect)), 1, w).astype(np.intp)
+        top = (rng.random(n) * (h - height + 1)).astype(np.intp)
+        left = (rng.random(n) * (w - width + 1)).astype(np.intp)
+        height *= erased
+        return np.stack([top, left, top + height, left + width], axis=1)
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Augmented copy of a float32 batch (N, H, W)."""
         n, h, w = images.shape
         displacement = self.random_displacement(n, h, w) if self.elastic_alpha > 0 else None
-        return warp(images, self.random_matrices(n), self.background, displacement)
+        out = warp(images, self.random_matrices(n), self.background, displacement)
+        if self.erase > 0:
+            top, left, bottom, right = self.random_rectangles(n, h, w).T[:, :, None, None]
+            rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
+            inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)  # (N, H, W)
+            out[inside] = np.float32(self.background)
+        return out

@@ -137,3 +137,39 @@ def test_flip_coins_come_after_the_affine_draws():
 def test_flip_outside_zero_to_one_is_refused(flip):
     with pytest.raises(PipelineError, match=r"train.augment.flip .*a probability in \[0, 1\]"):
         validate({"train": {"augment": {"flip": flip}}})
+
+
+def test_erase_sets_one_rectangle_per_image_to_the_background():
+    images = np.random.default_rng(4).random((300, 28, 28), dtype=np.float32) + 1  # never the background
+    augmenter = _augmenter(0, shift=0, rotation=0, scale=0, shear=0, erase=1.0)
+    augmenter.background = -0.5
+    out = augmenter(images)
+    erased = out == np.float32(-0.5)
+    np.testing.assert_array_equal(out[~erased], images[~erased])  # everything else untouched
+    rows, cols = erased.any(axis=2), erased.any(axis=1)
+    heights, widths = rows.sum(axis=1), cols.sum(axis=1)
+    # One solid rectangle each: its bounding box is all erased.
+    assert np.all(erased.sum(axis=(1, 2)) == heights * widths) and np.all(heights > 0)
+    area = heights * widths / (28 * 28)
+    assert area.min() >= 0.015 and area.max() <= 0.45  # ERASE_AREA (0.02, 0.4), up to rounding
+    assert area.max() > 0.3 and area.min() < 0.05
+    aspect = heights / widths
+    assert aspect.min() < 0.5 and aspect.max() > 2  # tall and wide ones both occur
+
+
+def test_erase_probability_and_stream():
+    images = np.random.default_rng(5).random((400, 12, 12), dtype=np.float32) + 1
+    out = _augmenter(1, shift=0, rotation=0, scale=0, shear=0, erase=0.25)(images)
+    changed = np.any(out != images, axis=(1, 2))
+    assert 70 <= changed.sum() <= 130  # 100 expected
+    # The rectangles are drawn after the warps: outside them, erasing changes nothing, so with erase = 0
+    # (no draws at all) every earlier recipe keeps its random stream.
+    plain, erased = _augmenter(2)(images), _augmenter(2, erase=1.0)(images)
+    kept = erased != np.float32(0.0)  # the test augmenter's background is 0; the warped images are >= 1 inside
+    assert kept.mean() < 0.95
+    np.testing.assert_array_equal(erased[kept], plain[kept])
+
+
+def test_erase_outside_zero_to_one_is_refused():
+    with pytest.raises(PipelineError, match=r"train.augment.erase .*a probability in \[0, 1\]"):
+        validate({"train": {"augment": {"erase": 2}}})
