@@ -143,7 +143,7 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, p: dict, spl
     steps = math.ceil(n / batch_size)
     schedule = Schedule(p["schedule"], p["lr"], epochs, p["warmup_epochs"], p["step_epochs"], p["gamma"])
     rng = np.random.default_rng([p["seed"], 2])
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=p["label_smoothing"])
     batch_buffer = np.empty((batch_size, *images.shape[1:]), dtype=np.float32)
     history, best_epoch, best_accuracy, since_best, samples_seen = [], 0, -1.0, 0, 0
     best_state = {key: value.clone() for key, value in model.state_dict().items()}

@@ -93,7 +93,8 @@ def main() -> None:
         with np.errstate(over="ignore", invalid="ignore"):
             result = train(network, optimizer, schedule, train_images, train_labels, val_images, val_labels,
                            p["epochs"], p["batch_size"], p["patience"], np.random.default_rng([p["seed"], 2]),
-                           augment=augment, progress=True, on_epoch_end=log_epoch)
+                           augment=augment, progress=True, on_epoch_end=log_epoch,
+                           label_smoothing=p["label_smoothing"])
 
         best = result.history[result.best_epoch - 1]
         calibration = {"temperature": 1.0}

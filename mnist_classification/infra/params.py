@@ -187,6 +187,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
                              check=_positive, expect="a whole number > 0"),
         "gamma": Field("float", 0.5, "decay factor (step: per step_epochs; exponential: per epoch)",
                        check=lambda v: 0 < v <= 1, expect="a number in (0, 1]"),
+        "label_smoothing": Field("float", 0.0, "label smoothing e of the training loss: targets (1 - e) * onehot "
+                                 "+ e / classes (0 = off)", check=_unit_half_open, expect="a number in [0, 1)"),
         "epochs": Field("int", 20, "maximum number of epochs", check=_positive, expect="a whole number > 0"),
         "batch_size": Field("int", 128, "mini-batch size", check=_positive, expect="a whole number > 0"),
         "patience": Field("int", 5, "early stopping: epochs without a better validation accuracy (0 = off)",

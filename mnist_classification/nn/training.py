@@ -61,18 +61,21 @@ def train(network: Network, optimizer: Optimizer, schedule: Schedule,
           val_images: np.ndarray, val_labels: np.ndarray,
           epochs: int, batch_size: int, patience: int, rng: np.random.Generator,
           augment: Callable[[np.ndarray], np.ndarray] | None = None,
-          progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
+          progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None,
+          label_smoothing: float = 0.0) -> TrainResult:
     """Train ``network`` in place on standardised float32 images (N, H, W) and labels (N,) in 0..K-1.
 
     ``augment`` (optional) maps a training batch to an augmented batch of the
     same shape. ``patience`` 0 turns early stopping off (the best epoch's
     weights are still restored). ``on_epoch_end`` (optional) is called with each
     epoch's history row as soon as the epoch is validated (the train stage logs it live).
+    ``label_smoothing`` smooths the training targets (the training loss reported is then the
+    smoothed one; the validation loss stays the plain cross-entropy).
     """
     labels = train_labels.astype(np.intp)
     n = len(train_images)
     steps = math.ceil(n / batch_size)
-    loss_fn = SoftmaxCrossEntropy()
+    loss_fn = SoftmaxCrossEntropy(label_smoothing)
     divergence_limit = 20 * math.log(len(network.classes))
     result = TrainResult()
     best_state = network.state()

@@ -84,3 +84,29 @@ def test_divergence_names_the_epoch_and_suggests_a_smaller_rate():
         train(net, opt, schedule, x, y, vx, vy, 3, 32, 0, np.random.default_rng(0), progress=False)
     message = str(error.value)
     assert "diverged at epoch 1" in message and "smaller learning rate than train.lr=1e+06" in message
+
+
+def test_label_smoothing_steps_with_the_smoothed_gradient_and_softens_confidence():
+    from mnist_classification.nn.losses import SoftmaxCrossEntropy
+    (x, y), (vx, vy) = _blobs(64, 0), _blobs(64, 1)
+    # One SGD step on one batch of 64 = the step a hand-made loop takes with the smoothed loss.
+    net, opt, schedule = _setup(0.1, "sgd", epochs=1, warmup_epochs=0, schedule="constant")
+    manual, manual_opt, _ = _setup(0.1, "sgd", epochs=1, warmup_epochs=0, schedule="constant")
+    order = np.random.default_rng(0).permutation(64)
+    train(net, opt, schedule, x, y, vx, vy, epochs=1, batch_size=64, patience=0,
+          rng=np.random.default_rng(0), progress=False, label_smoothing=0.2)
+    loss_fn = SoftmaxCrossEntropy(0.2)
+    loss_fn.forward(manual.forward(x[order], training=True), y[order].astype(np.intp))
+    manual.backward(loss_fn.backward())
+    manual_opt.update(manual.trainable())
+    for key, value in manual.state().items():
+        np.testing.assert_allclose(net.state()[key], value, rtol=1e-6, atol=1e-7)
+    # Trained longer, smoothed targets keep the top probability below 1 - e + e / K on average.
+    (x, y), (vx, vy) = _blobs(256, 0), _blobs(128, 1)
+    confidences = []
+    for smoothing in (0.0, 0.3):
+        net, opt, schedule = _setup(0.01, epochs=10)
+        train(net, opt, schedule, x, y, vx, vy, epochs=10, batch_size=16, patience=0,
+              rng=np.random.default_rng(0), progress=False, label_smoothing=smoothing)
+        confidences.append(net.predict_proba(vx).max(axis=1).mean())
+    assert confidences[1] < 0.7 + 0.03 + 0.01 and confidences[0] > 0.85  # measured 0.70 and 0.88
