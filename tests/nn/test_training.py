@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mnist_classification.infra.params import validate
+from mnist_classification.nn.losses import SoftmaxCrossEntropy
 from mnist_classification.nn.network import build_network
 from mnist_classification.nn.optimizers import make_optimizer
 from mnist_classification.nn.schedules import Schedule
@@ -87,7 +88,6 @@ def test_divergence_names_the_epoch_and_suggests_a_smaller_rate():
 
 
 def test_label_smoothing_steps_with_the_smoothed_gradient_and_softens_confidence():
-    from mnist_classification.nn.losses import SoftmaxCrossEntropy
     (x, y), (vx, vy) = _blobs(64, 0), _blobs(64, 1)
     # One SGD step on one batch of 64 = the step a hand-made loop takes with the smoothed loss.
     net, opt, schedule = _setup(0.1, "sgd", epochs=1, warmup_epochs=0, schedule="constant")
