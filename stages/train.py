@@ -35,7 +35,7 @@ from mnist_classification.nn.footprint import check_training_memory
 from mnist_classification.nn.network import build_network
 from mnist_classification.nn.optimizers import make_optimizer
 from mnist_classification.nn.schedules import Schedule
-from mnist_classification.nn.training import train
+from mnist_classification.nn.training import choose_mirror_average, train
 from mnist_classification.reports.calibration import calibrate
 from mnist_classification.reports.history import write_history
 from mnist_classification.reports.live import StageLive
@@ -97,6 +97,7 @@ def main() -> None:
                            label_smoothing=p["label_smoothing"])
 
         best = result.history[result.best_epoch - 1]
+        mirror = {"mirror_average": choose_mirror_average(network, val_images, val_labels)} if p["mirror_average"] else {}
         calibration = {"temperature": 1.0}
         if p["calibrate"]:
             scaling = calibrate(network.predict_logits(val_images), val_labels)
@@ -119,6 +120,7 @@ def main() -> None:
                 "samples_per_second": round(result.samples_seen / result.seconds, 1),
                 "peak_memory_mib": round(peak_kib / 1024, 1),
                 "calibration": calibration,
+                **mirror,
                 "environment": numerical_environment(),
             })
     print(f"train: best epoch {result.best_epoch} val_accuracy={best['val_accuracy']:.4f}, "

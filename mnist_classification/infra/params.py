@@ -195,6 +195,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
                           check=_non_negative, expect="a whole number >= 0"),
         "seed": Field("int", 0, "seed of initialisation, shuffling, dropout and augmentation",
                       check=_non_negative, expect="a seed >= 0"),
+        "mirror_average": Field("bool", False, "at inference, average each image's logits with its left-right "
+                                "mirror's (for models trained with train.augment.flip); kept only if that raises the "
+                                "validation accuracy, or keeps it and lowers the validation loss"),
         "calibrate": Field("bool", True, "after training, fit a softmax temperature on the validation split "
                            "and keep it in the model if it lowers the validation cross-entropy without "
                            "worsening the validation ECE (false: temperature 1)"),

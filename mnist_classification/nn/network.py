@@ -45,7 +45,7 @@ MAX_SIZE = 2**31 - 1
 MAX_ARCHITECTURE_BYTES = 1 << 20
 _HEADER_KEYS = {"format", "input_shape", "classes", "normalisation", "layers", "sha256"}
 #: Header keys a file may lack (files written before they existed): key -> value assumed.
-_OPTIONAL_HEADER_KEYS = {"temperature": 1.0}
+_OPTIONAL_HEADER_KEYS = {"temperature": 1.0, "mirror_average": False}
 #: Range a temperature must lie in, to be stored or loaded.
 TEMPERATURE_RANGE = (1e-3, 1e3)
 _HINT = "train one with `dvc repro` or pass --model PATH"
@@ -59,12 +59,13 @@ class Network:
     """
 
     def __init__(self, layers: list[Layer], input_shape: tuple[int, int], classes: list[str],
-                 mean: float, std: float, temperature: float = 1.0) -> None:
+                 mean: float, std: float, temperature: float = 1.0, mirror_average: bool = False) -> None:
         self.layers = layers
         self.input_shape = tuple(int(d) for d in input_shape)
         self.classes = list(classes)
         self.mean, self.std = float(mean), float(std)
         self.temperature = float(temperature)
+        self.mirror_average = bool(mirror_average)
         # Nothing uses the gradient with respect to the images: layers up to and including
         # the first one with parameters skip computing their input gradient.
         for layer in layers:
@@ -95,10 +96,16 @@ class Network:
                 for layer in self.layers for name in layer.params]
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Logits (N, K) float32 for standardised images x (N, H, W), in inference mode."""
+        """Logits (N, K) float32 for standardised images x (N, H, W), in inference mode; with
+        ``mirror_average``, the mean of each image's logits and its left-right mirror's."""
         out = np.empty((len(x), len(self.classes)), dtype=np.float32)
         for start in range(0, len(x), batch_size):
-            out[start:start + batch_size] = self.forward(x[start:start + batch_size], False)
+            batch = x[start:start + batch_size]
+            logits = self.forward(batch, False)
+            if self.mirror_average:
+                logits += self.forward(np.ascontiguousarray(batch[:, :, ::-1]), False)
+                logits /= np.float32(2)
+            out[start:start + batch_size] = logits
         return out
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -125,9 +132,12 @@ class Network:
         return int(sum(p.size for layer in self.layers for p in layer.params.values()))
 
     def architecture(self) -> dict:
-        return {"format": FORMAT, "input_shape": list(self.input_shape), "classes": self.classes,
-                "normalisation": {"mean": self.mean, "std": self.std}, "temperature": self.temperature,
-                "layers": [layer.config() for layer in self.layers]}
+        header = {"format": FORMAT, "input_shape": list(self.input_shape), "classes": self.classes,
+                  "normalisation": {"mean": self.mean, "std": self.std}, "temperature": self.temperature,
+                  "layers": [layer.config() for layer in self.layers]}
+        if self.mirror_average:  # written only when set: other models' files stay as they were
+            header["mirror_average"] = True
+        return header
 
     def save(self, path: str | Path) -> None:
         """Write the model atomically; refuses to write non-finite weights or a temperature out of range."""
@@ -238,7 +248,7 @@ def load_network(path: str | Path) -> Network:
         layer.adopt({name: arrays[f"{index}.{name}"] for name in layer.array_shapes()})
     (height, width), normalisation = header["input_shape"], header["normalisation"]
     return Network(layers, (height, width), header["classes"], normalisation["mean"], normalisation["std"],
-                   header["temperature"])
+                   header["temperature"], header["mirror_average"])
 
 
 def _read_header(archive: NpzArchive) -> dict:
@@ -276,6 +286,8 @@ def _read_header(archive: NpzArchive) -> dict:
     header = {**_OPTIONAL_HEADER_KEYS, **header}
     if not valid_temperature(header["temperature"]):
         raise ValueError(f"temperature is {_brief(header['temperature'])}; expected {TEMPERATURE_EXPECTED}")
+    if type(header["mirror_average"]) is not bool:
+        raise ValueError(f"mirror_average is {_brief(header['mirror_average'])}; expected true or false")
     if not (isinstance(header["layers"], list) and header["layers"]):
         raise ValueError(f"layers is {_brief(header['layers'])}; expected a non-empty list of layer configs")
     if not (isinstance(header["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", header["sha256"])):

@@ -56,6 +56,23 @@ def evaluate(network: Network, images: np.ndarray, labels: np.ndarray, batch_siz
     return total_loss / len(images), correct / len(images)
 
 
+def choose_mirror_average(network: Network, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Turn ``network.mirror_average`` on if averaging with mirrored images raises its accuracy on these
+    (validation) images, or keeps it and lowers the cross-entropy; off otherwise. Returns both scores:
+    ``{"kept": bool, "val_accuracy": {"plain", "mirrored"}, "val_loss": {"plain", "mirrored"}}``."""
+    scores = {}
+    for mirrored in (False, True):
+        network.mirror_average = mirrored
+        logits = network.predict_logits(images)
+        loss = SoftmaxCrossEntropy().forward(logits, labels.astype(np.intp))
+        scores[mirrored] = (float(np.mean(logits.argmax(axis=1) == labels)), loss)
+    (plain_accuracy, plain_loss), (mirrored_accuracy, mirrored_loss) = scores[False], scores[True]
+    network.mirror_average = (mirrored_accuracy, -mirrored_loss) > (plain_accuracy, -plain_loss)
+    return {"kept": network.mirror_average,
+            "val_accuracy": {"plain": round(plain_accuracy, 6), "mirrored": round(mirrored_accuracy, 6)},
+            "val_loss": {"plain": round(plain_loss, 6), "mirrored": round(mirrored_loss, 6)}}
+
+
 def train(network: Network, optimizer: Optimizer, schedule: Schedule,
           train_images: np.ndarray, train_labels: np.ndarray,
           val_images: np.ndarray, val_labels: np.ndarray,

@@ -118,6 +118,9 @@ BAD_HEADERS = {
        for value, shown in ((0, "0"), (-2.5, "-2.5"), (float("nan"), "nan"), (float("inf"), "inf"),
                             (1e4, "10000.0"), (0.0009, "0.0009"), ("2.5", "'2.5'"), (True, "True"),
                             (None, "None"), ([2.5], "[2.5]"))},
+    **{f"mirror_average {value!r}": (_set(("mirror_average",), value),
+                                     f"^mirror_average is {re.escape(shown)}; expected true or false$")
+       for value, shown in ((1, "1"), ("true", "'true'"), (None, "None"))},
 }
 
 
@@ -240,3 +243,18 @@ def test_refuses_to_save_a_temperature_out_of_range(tmp_path, temperature):
     with pytest.raises(PipelineError, match="temperature .* is not a finite number from 0.001 to 1000"):
         net.save(tmp_path / "model.npz")
     assert not (tmp_path / "model.npz").exists()
+
+
+def test_mirror_average_round_trips_and_averages_with_the_mirrored_images(tmp_path):
+    net = _mlp(model="cnn", hidden=[8], cnn={"channels": [4]})
+    x = np.random.default_rng(0).standard_normal((5, 28, 28)).astype(np.float32)
+    plain, mirrored = net.predict_logits(x), net.predict_logits(x[:, :, ::-1].copy())
+    assert np.abs(plain - mirrored).max() > 1e-3  # the network is not mirror-symmetric
+    net.save(tmp_path / "plain.npz")
+    net.mirror_average = True
+    net.save(tmp_path / "mirror.npz")
+    loaded = load_network(tmp_path / "mirror.npz")
+    assert loaded.mirror_average and not load_network(tmp_path / "plain.npz").mirror_average
+    np.testing.assert_allclose(loaded.predict_logits(x, batch_size=2), (plain + mirrored) / 2, rtol=1e-6, atol=1e-6)
+    # Models without it keep their files exactly as before: no key in the header.
+    assert "mirror_average" not in json.loads(str(read_arrays(tmp_path / "plain.npz")["architecture"]))

@@ -8,7 +8,7 @@ from mnist_classification.nn.losses import SoftmaxCrossEntropy
 from mnist_classification.nn.network import build_network
 from mnist_classification.nn.optimizers import make_optimizer
 from mnist_classification.nn.schedules import Schedule
-from mnist_classification.nn.training import TrainingDiverged, evaluate, train
+from mnist_classification.nn.training import TrainingDiverged, choose_mirror_average, evaluate, train
 from mnist_classification.reports.history import read_history, write_history
 
 CLASSES = [str(i) for i in range(10)]
@@ -110,3 +110,29 @@ def test_label_smoothing_steps_with_the_smoothed_gradient_and_softens_confidence
               rng=np.random.default_rng(0), progress=False, label_smoothing=smoothing)
         confidences.append(net.predict_proba(vx).max(axis=1).mean())
     assert confidences[1] < 0.7 + 0.03 + 0.01 and confidences[0] > 0.85  # measured 0.70 and 0.88
+
+
+class _Mirrorable:
+    """A stand-in network whose logits depend on its mirror_average flag only."""
+
+    def __init__(self, plain, mirrored):
+        self.mirror_average, self._logits = False, {False: np.array(plain, np.float32),
+                                                    True: np.array(mirrored, np.float32)}
+
+    def predict_logits(self, images):
+        return self._logits[self.mirror_average]
+
+
+@pytest.mark.parametrize("plain,mirrored,kept", [
+    ([[2, 0], [0, 1]], [[2, 0], [1, 0]], False),   # mirrored gets one wrong: accuracy 1/2 < 1
+    ([[0, 2], [0, 1]], [[2, 0], [0, 1]], True),    # mirrored gets one more right
+    ([[2, 0], [0, 1]], [[4, 0], [0, 2]], True),    # same accuracy, lower loss
+    ([[4, 0], [0, 2]], [[2, 0], [0, 1]], False),   # same accuracy, higher loss
+    ([[2, 0], [0, 1]], [[2, 0], [0, 1]], False),   # no difference: stays off
+])
+def test_mirror_average_is_kept_only_when_validation_says_it_helps(plain, mirrored, kept):
+    net = _Mirrorable(plain, mirrored)
+    summary = choose_mirror_average(net, np.zeros((2, 1, 1), np.float32), np.array([0, 1]))
+    assert net.mirror_average is kept and summary["kept"] is kept
+    assert summary["val_accuracy"]["plain"] == np.mean(np.argmax(plain, axis=1) == [0, 1])
+    assert summary["val_accuracy"]["mirrored"] == np.mean(np.argmax(mirrored, axis=1) == [0, 1])
