@@ -1,6 +1,7 @@
 """End to end: `dvc repro` on a tiny synthetic dataset served through DATASET_MIRROR."""
 
 import json
+import math
 
 import pytest
 import yaml
@@ -117,3 +118,23 @@ def test_calibrate_false_keeps_temperature_one(project):
     evaluation = json.loads((project / "metrics/eval.json").read_text())
     assert evaluation["temperature"] == load_network(project / "models/model.npz").temperature == 1.0
     assert evaluation["ece"] == evaluation["ece_uncalibrated"]
+
+
+def test_mirror_average_and_label_smoothing_reach_the_train_stage(project):
+    project, env, _ = project
+    result = run(["dvc", "exp", "run", "-S", "train.mirror_average=true", "-S", "train.label_smoothing=0.2"],
+                 project, env)
+    assert ran(result.stdout) == {"train", "evaluate"}
+    metrics = json.loads((project / "metrics/train.json").read_text())
+    mirror = metrics["mirror_average"]
+    assert set(mirror) == {"kept", "val_accuracy", "val_loss"}
+    assert set(mirror["val_accuracy"]) == set(mirror["val_loss"]) == {"plain", "mirrored"}
+    # The stage's choice follows its rule and is what the model file carries into evaluate and predict.
+    accuracy, loss = mirror["val_accuracy"], mirror["val_loss"]
+    assert mirror["kept"] == ((accuracy["mirrored"], -loss["mirrored"]) > (accuracy["plain"], -loss["plain"]))
+    assert load_network(project / "models/model.npz").mirror_average is mirror["kept"]
+    # Smoothed targets with e = 0.2 over K classes: no prediction gets the training loss below their entropy.
+    k = len(load_network(project / "models/model.npz").classes)
+    top, rest = 1 - 0.2 + 0.2 / k, 0.2 / k
+    entropy = -(top * math.log(top) + (k - 1) * rest * math.log(rest))
+    assert metrics["train_loss"] >= entropy
