@@ -11,7 +11,8 @@ them). T is fitted on the validation split the members were calibrated on and ke
 there (:func:`mnist_classification.reports.committee_calibration.calibrate_committee`). Written:
 
 - committee/metrics/eval.json, through DVCLive like the evaluate stage's: the committee's accuracy, loss,
-  precision/recall/F1 and ``ece``; ``temperature``, the committee's T, and under ``calibration`` its fit
+  precision/recall/F1 and ``ece``; ``val_accuracy``, its accuracy on the validation split (where a
+  committee's recipe is chosen); ``temperature``, the committee's T, and under ``calibration`` its fit
   on the validation split (as a member's train.json records its own); ``ece_average``, ``loss_average``
   of p_avg (T = 1); ``ece_uncalibrated``, ``loss_uncalibrated`` of the average of the members'
   softmax(logits) (every temperature 1); under ``members``, each member's test accuracy, loss, ece and
@@ -111,8 +112,10 @@ def main() -> None:
         check_test_set(split_images, split_labels, committee.input_shape, committee.classes, models[0], split)
 
     val_x, x = (standardise(split, committee.mean, committee.std) for split in (val_images, images))
-    scaling = calibrate_committee(member_probabilities(committee.members, models, VAL, val_x)[0], val_labels)
+    val_calibrated = member_probabilities(committee.members, models, VAL, val_x)[0]
+    scaling = calibrate_committee(val_calibrated, val_labels)
     committee.temperature = scaling.temperature
+    val_accuracy = round(float(np.mean(average_probabilities(val_calibrated).argmax(axis=1) == val_labels)), 6)
     calibrated, uncalibrated = member_probabilities(committee.members, models, TEST, x)
     average = average_probabilities(calibrated)
     rows = []
@@ -126,6 +129,7 @@ def main() -> None:
                          f"Committee of {len(names)}: test-set reliability, T = {committee.temperature:.3g}"
                          ) as (live, report):
         train_seconds = round(sum(row["train_seconds"] for row in rows), 2)
+        live.summary["val_accuracy"] = val_accuracy
         live.summary["temperature"] = committee.temperature
         live.summary["calibration"] = scaling.summary()
         live.summary["ece_average"], live.summary["loss_average"] = ece_and_loss(average, labels)
@@ -133,12 +137,14 @@ def main() -> None:
                                    for row in rows}
         live.summary["members_train_seconds"] = train_seconds
         rows.append({"member": "committee", **{key: report[key] for key in TEST_KEYS},
-                     "temperature": committee.temperature, "train_seconds": train_seconds})
+                     "temperature": committee.temperature, "val_accuracy": val_accuracy,
+                     "train_seconds": train_seconds})
         live.log_plot("members", rows, x="accuracy", y="member", template="bar_horizontal")
     write_committee_file(COMMITTEE, models, committee.temperature)
     print(markdown_table(rows), file=sys.stderr)
-    print(f"ensemble: committee of {len(names)}: temperature {committee.temperature:g} (validation loss "
-          f"{scaling.nll_before:.4f} -> {scaling.nll_after:.4f} at T = {scaling.fitted:g}); test accuracy="
+    print(f"ensemble: committee of {len(names)}: validation accuracy {val_accuracy:.4f}, temperature "
+          f"{committee.temperature:g} (validation loss {scaling.nll_before:.4f} -> {scaling.nll_after:.4f} at "
+          f"T = {scaling.fitted:g}); test accuracy="
           f"{report['accuracy']:.4f} loss={report['loss']:.4f} on {report['samples']} images; wrote {METRICS}, "
           f"{COMMITTEE}", file=sys.stderr)
 

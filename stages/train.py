@@ -97,10 +97,13 @@ def main() -> None:
                            label_smoothing=p["label_smoothing"])
 
         best = result.history[result.best_epoch - 1]
-        mirror = {"mirror_average": choose_mirror_average(network, val_images, val_labels)} if p["mirror_average"] else {}
+        mirror, val_logits = {}, None
+        if p["mirror_average"]:
+            mirror["mirror_average"], val_logits = choose_mirror_average(network, val_images, val_labels)
         calibration = {"temperature": 1.0}
         if p["calibrate"]:
-            scaling = calibrate(network.predict_logits(val_images), val_labels)
+            scaling = calibrate(network.predict_logits(val_images) if val_logits is None else val_logits,
+                                val_labels)
             network.temperature = scaling.temperature
             calibration = scaling.summary()
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -100,12 +100,11 @@ class Network:
         ``mirror_average``, the mean of each image's logits and its left-right mirror's."""
         out = np.empty((len(x), len(self.classes)), dtype=np.float32)
         for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size]
-            logits = self.forward(batch, False)
+            batch, rows = x[start:start + batch_size], out[start:start + batch_size]
+            rows[...] = self.forward(batch, False)
             if self.mirror_average:
-                logits += self.forward(np.ascontiguousarray(batch[:, :, ::-1]), False)
-                logits /= np.float32(2)
-            out[start:start + batch_size] = logits
+                rows += self.forward(np.ascontiguousarray(batch[:, :, ::-1]), False)
+                rows /= np.float32(2)
         return out
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:

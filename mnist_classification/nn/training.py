@@ -56,21 +56,29 @@ def evaluate(network: Network, images: np.ndarray, labels: np.ndarray, batch_siz
     return total_loss / len(images), correct / len(images)
 
 
-def choose_mirror_average(network: Network, images: np.ndarray, labels: np.ndarray) -> dict:
+def choose_mirror_average(network: Network, images: np.ndarray, labels: np.ndarray
+                          ) -> tuple[dict, np.ndarray]:
     """Turn ``network.mirror_average`` on if averaging with mirrored images raises its accuracy on these
-    (validation) images, or keeps it and lowers the cross-entropy; off otherwise. Returns both scores:
-    ``{"kept": bool, "val_accuracy": {"plain", "mirrored"}, "val_loss": {"plain", "mirrored"}}``."""
-    scores = {}
-    for mirrored in (False, True):
-        network.mirror_average = mirrored
-        logits = network.predict_logits(images)
-        loss = SoftmaxCrossEntropy().forward(logits, labels.astype(np.intp))
-        scores[mirrored] = (float(np.mean(logits.argmax(axis=1) == labels)), loss)
-    (plain_accuracy, plain_loss), (mirrored_accuracy, mirrored_loss) = scores[False], scores[True]
+    (validation) images (N, H, W), or keeps it and lowers the cross-entropy; off otherwise.
+
+    Returns both scores, ``{"kept": bool, "val_accuracy": {"plain", "mirrored"}, "val_loss": {"plain",
+    "mirrored"}}``, and the logits (N, K) of the chosen setting, those ``network.predict_logits(images)``
+    now gives (one pass over the images and one over their mirrors).
+    """
+    network.mirror_average = False
+    plain = network.predict_logits(images)
+    averaged = network.predict_logits(np.ascontiguousarray(images[:, :, ::-1]))
+    averaged += plain  # the sum and halving predict_logits computes with mirror_average on
+    averaged /= np.float32(2)
+    loss_fn, labels = SoftmaxCrossEntropy(), labels.astype(np.intp)
+    (plain_accuracy, plain_loss), (mirrored_accuracy, mirrored_loss) = (
+        (float(np.mean(logits.argmax(axis=1) == labels)), loss_fn.forward(logits, labels))
+        for logits in (plain, averaged))
     network.mirror_average = (mirrored_accuracy, -mirrored_loss) > (plain_accuracy, -plain_loss)
-    return {"kept": network.mirror_average,
-            "val_accuracy": {"plain": round(plain_accuracy, 6), "mirrored": round(mirrored_accuracy, 6)},
-            "val_loss": {"plain": round(plain_loss, 6), "mirrored": round(mirrored_loss, 6)}}
+    summary = {"kept": network.mirror_average,
+               "val_accuracy": {"plain": round(plain_accuracy, 6), "mirrored": round(mirrored_accuracy, 6)},
+               "val_loss": {"plain": round(plain_loss, 6), "mirrored": round(mirrored_loss, 6)}}
+    return summary, averaged if network.mirror_average else plain
 
 
 def train(network: Network, optimizer: Optimizer, schedule: Schedule,

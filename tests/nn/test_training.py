@@ -113,14 +113,19 @@ def test_label_smoothing_steps_with_the_smoothed_gradient_and_softens_confidence
 
 
 class _Mirrorable:
-    """A stand-in network whose logits depend on its mirror_average flag only."""
+    """A stand-in network (mirror_average off) whose logits for the images [[[0, 1]], [[2, 3]]] are ``plain``
+    and for their mirrors such that the average of the two is ``averaged``."""
 
-    def __init__(self, plain, mirrored):
-        self.mirror_average, self._logits = False, {False: np.array(plain, np.float32),
-                                                    True: np.array(mirrored, np.float32)}
+    IMAGES = np.array([[[0, 1]], [[2, 3]]], np.float32)
+
+    def __init__(self, plain, averaged):
+        self.mirror_average = False
+        self._plain = np.array(plain, np.float32)
+        self._mirrors = 2 * np.array(averaged, np.float32) - self._plain
 
     def predict_logits(self, images):
-        return self._logits[self.mirror_average]
+        assert not self.mirror_average  # the chooser averages the two passes itself
+        return (self._plain if np.array_equal(images, self.IMAGES) else self._mirrors).copy()
 
 
 @pytest.mark.parametrize("plain,mirrored,kept", [
@@ -132,7 +137,25 @@ class _Mirrorable:
 ])
 def test_mirror_average_is_kept_only_when_validation_says_it_helps(plain, mirrored, kept):
     net = _Mirrorable(plain, mirrored)
-    summary = choose_mirror_average(net, np.zeros((2, 1, 1), np.float32), np.array([0, 1]))
+    summary, logits = choose_mirror_average(net, _Mirrorable.IMAGES, np.array([0, 1]))
     assert net.mirror_average is kept and summary["kept"] is kept
     assert summary["val_accuracy"]["plain"] == np.mean(np.argmax(plain, axis=1) == [0, 1])
     assert summary["val_accuracy"]["mirrored"] == np.mean(np.argmax(mirrored, axis=1) == [0, 1])
+    loss = SoftmaxCrossEntropy()
+    assert summary["val_loss"]["mirrored"] == round(loss.forward(np.array(mirrored, np.float32), np.array([0, 1])), 6)
+    np.testing.assert_array_equal(logits, mirrored if kept else plain)  # the chosen setting's logits
+
+
+@pytest.mark.parametrize("prefer_mirrors", [False, True])
+def test_the_chosen_logits_are_those_predict_logits_gives(prefer_mirrors):
+    """Two passes (images, mirrors) give bit for bit what predict_logits gives with the chosen setting."""
+    train = validate({"train": {"model": "cnn", "hidden": [8], "cnn": {"channels": [4]}}})["train"]
+    net = build_network(train, (28, 28), [str(k) for k in range(10)], 0.0, 1.0)
+    x = np.random.default_rng(0).standard_normal((200, 28, 28)).astype(np.float32)
+    plain = net.predict_logits(x)
+    averaged = (plain + net.predict_logits(x[:, :, ::-1].copy())) / 2
+    assert (plain.argmax(axis=1) != averaged.argmax(axis=1)).any()  # so the labels below decide
+    labels = (averaged if prefer_mirrors else plain).argmax(axis=1)
+    summary, logits = choose_mirror_average(net, x, labels)
+    assert summary["kept"] is net.mirror_average is prefer_mirrors
+    np.testing.assert_array_equal(logits, net.predict_logits(x))

@@ -82,6 +82,8 @@ def test_each_member_is_its_own_stage_and_the_ensemble_averages_them(committee):
         assert metrics["members"][f"seed-{seed}"]["temperature"] == network.temperature
     scaling = calibrate_committee(val_singles, val_labels)
     assert metrics["calibration"] == scaling.summary()
+    val_average = (val_singles[0] + val_singles[1]) / np.float32(2)  # the committee on the validation split
+    assert metrics["val_accuracy"] == pytest.approx(np.mean(val_average.argmax(axis=1) == val_labels), abs=1e-6)
     temperature = metrics["temperature"]
     assert temperature == scaling.temperature and temperature in (1.0, scaling.fitted)
     average = (singles[0] + singles[1]) / np.float32(2)
@@ -120,6 +122,7 @@ def test_each_member_is_its_own_stage_and_the_ensemble_averages_them(committee):
     assert [row["member"] for row in table] == ["seed-0", "seed-1", "committee"]
     assert [row["accuracy"] for row in table] == [metrics["members"]["seed-0"]["accuracy"],
                                                   metrics["members"]["seed-1"]["accuracy"], metrics["accuracy"]]
+    assert table[-1]["val_accuracy"] == metrics["val_accuracy"]
     confusion = json.loads((plots / "sklearn" / "confusion_matrix.json").read_text())
     assert len(confusion) == len(labels)
     assert sum(row["actual"] == row["predicted"] for row in confusion) / len(labels) == pytest.approx(
