@@ -150,6 +150,10 @@ def _distinct_seeds(v) -> bool:
     return len(v) > 0 and len(set(v)) == len(v) and min(v) >= 0
 
 
+def _distinct_seeds_or_none(v) -> bool:
+    return len(v) == 0 or _distinct_seeds(v)
+
+
 SCHEMA: dict[str, dict[str, Any]] = {
     "fetch": {
         "dataset": Field("choice", "mnist", "dataset to download (custom: your own IDX files, see fetch.custom)",
@@ -235,6 +239,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "seeds": Field("int_list", [0, 1, 2, 3, 4], "seed (train.seed) of each committee member, one member per seed",
                        check=_distinct_seeds,
                        expect="a non-empty list of distinct seeds >= 0, e.g. [0, 1, 2, 3, 4]"),
+        "elastic_seeds": Field("int_list", [], "seed of each member trained on committee/elastic.yaml's recipe "
+                               "(elastic distortion added), one member per seed; [] = none",
+                               check=_distinct_seeds_or_none, expect="a list of distinct seeds >= 0, e.g. [5, 6]"),
     },
     "evaluate": {
         "gallery_size": Field("int", 36, "misclassified test images shown in plots/misclassified.png",
