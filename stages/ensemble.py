@@ -3,7 +3,9 @@
 
 Member ``seed-N``, one per seed of ``committee.seeds`` in committee/params.yaml, is the folder
 committee/members/seed-N/ that ``stages/train.py --seed N --outputs committee/members/seed-N``
-wrote (its models/model.npz and metrics/train.json); folders of seeds no longer listed are ignored.
+wrote (its models/model.npz and metrics/train.json); member ``elastic-seed-N``, one per seed of
+``committee.elastic_seeds``, the folder committee/members/elastic-seed-N/ of committee/elastic.yaml's
+recipe; folders of seeds no longer listed are ignored.
 The committee's class probabilities are the average p_avg of its members' (each calibrated by its own
 temperature, as the member reports them), scaled by the committee's own temperature T:
 softmax(log(p_avg) / T) (:class:`mnist_classification.nn.committee.Committee`, as ``predict`` computes
@@ -80,6 +82,12 @@ def train_metrics(path: Path) -> dict:
                             "(dvc repro committee/dvc.yaml)") from None
 
 
+def member_names(section: dict) -> list[str]:
+    """The members' folder names under committee/members, in the committee's order: ``seed-N`` for each of
+    the ``committee`` section's ``seeds``, then ``elastic-seed-N`` for each of its ``elastic_seeds``."""
+    return [f"seed-{seed}" for seed in section["seeds"]] + [f"elastic-seed-{seed}" for seed in section["elastic_seeds"]]
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The member-vs-committee table (one dict per row) in Markdown."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -103,7 +111,7 @@ def member_probabilities(members: list[Network], models: list[Path], split: Path
 
 def main() -> None:
     params = load_params(PARAMS)
-    names = [f"seed-{seed}" for seed in params["committee"]["seeds"]]
+    names = member_names(params["committee"])
     models = [MEMBERS / name / MEMBER_MODEL for name in names]
     trained = [train_metrics(MEMBERS / name / MEMBER_METRICS) for name in names]
     committee = load_committee(models)

@@ -5,7 +5,8 @@ runs the root's fetch and preprocess, one stage per member and the ensemble (nev
 the ensemble's temperature, metrics and committee file are checked against the members' probabilities
 here, and ``predict`` with the committee file against the ensemble's probabilities;
 changing one seed (`dvc exp run -S committee/params.yaml:committee.seeds=...`) reruns that member and the
-ensemble only; a member queued and run with `dvc exp run --queue` comes back from the run-cache, untrained.
+ensemble only; a member queued and run with `dvc exp run --queue` comes back from the run-cache, untrained;
+an elastic member (committee.elastic_seeds) trains on committee/elastic.yaml's recipe and joins the committee.
 """
 
 from __future__ import annotations
@@ -47,10 +48,14 @@ def committee(tmp_path_factory):
     shutil.copy2(ROOT / "committee" / "dvc.yaml", project / "committee" / "dvc.yaml")
     params = yaml.safe_load((ROOT / "committee" / "params.yaml").read_text())
     params["committee"]["seeds"] = [0, 1]
-    params["train"].update(TINY_TRAIN)
-    params["train"]["cnn"]["channels"] = [4]
+    params["committee"]["elastic_seeds"] = []
+    elastic = yaml.safe_load((ROOT / "committee" / "elastic.yaml").read_text())
+    for recipe in (params, elastic):
+        recipe["train"].update(TINY_TRAIN)
+        recipe["train"]["cnn"]["channels"] = [4]
     params["evaluate"]["gallery_size"] = 4
     (project / "committee" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "committee" / "elastic.yaml").write_text(yaml.safe_dump(elastic, sort_keys=False))
     commit_all(project, "committee")
     return project, project_env(project, mirror)
 
@@ -159,6 +164,28 @@ def test_members_queued_in_parallel_come_back_from_the_run_cache(committee):
     assert "Stage 'committee/dvc.yaml:member@3' is cached - skipping run, checking out outputs" in output, output
     assert ran(output) == {"committee/dvc.yaml:ensemble"}, output
     assert set(committee_metrics(project)["members"]) == {"seed-0", "seed-2", "seed-3"}
+
+
+def test_elastic_members_train_on_their_own_recipe_and_join_the_committee(committee):
+    project, env = committee
+    output = run(["dvc", "exp", "run", "committee/dvc.yaml", "-S", "committee/params.yaml:committee.elastic_seeds=[0]"],
+                 project, env).stdout
+    assert ran(output) == {"committee/dvc.yaml:elastic@0", "committee/dvc.yaml:ensemble"}, output
+    lock = yaml.safe_load((project / "committee" / "dvc.lock").read_text())["stages"]
+    recipe = lock["elastic@0"]["params"]["committee/elastic.yaml"]["train"]
+    assert recipe["augment"]["elastic_alpha"] > 0
+    assert recipe == yaml.safe_load((project / "committee" / "elastic.yaml").read_text())["train"]
+    # Same seed as member seed-0, another recipe: another model, and a member of its own.
+    models = {name: project / "committee" / "members" / name / "models" / "model.npz"
+              for name in ("seed-0", "elastic-seed-0")}
+    assert models["seed-0"].read_bytes() != models["elastic-seed-0"].read_bytes()
+    members = json.loads((project / "committee" / "models" / "committee.json").read_text())["members"]
+    names = [f"seed-{seed}" for seed in yaml.safe_load((project / "committee" / "params.yaml").read_text())
+             ["committee"]["seeds"]] + ["elastic-seed-0"]
+    assert [member["path"] for member in members] == [f"../members/{name}/models/model.npz" for name in names]
+    assert set(committee_metrics(project)["members"]) == set(names)
+    assert run(["dvc", "status", "committee/dvc.yaml"], project, env).stdout.strip() == (
+        "Data and pipelines are up to date.")
 
 
 @pytest.mark.parametrize("damage", ["missing train.json", "train.json without its keys", "missing model",

@@ -98,3 +98,12 @@ def test_committee_members_follow_their_recipe(tmp_path):
     assert written == recipe, (f"committee/params.yaml's train section differs from conf/train/"
                                f"{COMMITTEE_RECIPE}.yaml as `-S train=...` composes it; change both (or "
                                "COMMITTEE_RECIPE)")
+
+
+def test_the_elastic_members_recipe_is_the_members_with_elastic_distortion():
+    load_params(ROOT / "committee" / "elastic.yaml")  # valid for the stages
+    members = yaml.safe_load((ROOT / "committee" / "params.yaml").read_text())["train"]
+    elastic = yaml.safe_load((ROOT / "committee" / "elastic.yaml").read_text())["train"]
+    assert elastic["augment"].pop("elastic_alpha") > 0 and members["augment"].pop("elastic_alpha") == 0
+    assert elastic == members, ("committee/elastic.yaml's train section differs from committee/params.yaml's "
+                                "in more than augment.elastic_alpha; change both")
