@@ -19,7 +19,8 @@ Adam (beta1 = train.momentum, beta2 0.999, eps 1e-8, bias-corrected, L2 weight d
 weights' gradients only: PyTorch's fused Adam with a group per decay); validation after every epoch
 in batches of 250, keeping the best epoch's weights (early stopping by train.patience); the test
 split scored once with those weights. What differs: dropout masks come from PyTorch's generator
-(seeded by train.seed), rounding, and nothing is calibrated or written.
+(seeded by train.seed), rounding, and nothing is calibrated or written. Recipes with another
+optimiser than Adam or with ``train.mirror_average`` are refused.
 
 ``train_seconds`` counts what the stage's ``train_seconds`` counts: from the first epoch's shuffle
 to the best weights restored, augmentation and validation included; ``samples_per_second`` is the
@@ -79,6 +80,9 @@ def recipe(name: str, epochs: int | None = None) -> dict:
         train = validate(load_yaml(params.read_text(encoding="utf-8"), source), source)["train"]
     if train["optimizer"] != "adam":
         raise PipelineError(f"--config {name}: train.optimizer is {train['optimizer']!r}; this benchmark runs adam")
+    if train["mirror_average"]:
+        raise PipelineError(f"--config {name}: train.mirror_average is true; this benchmark scores plain "
+                            "predictions only, without averaging each image with its mirror")
     return train
 
 

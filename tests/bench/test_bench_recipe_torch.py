@@ -5,6 +5,8 @@ Skipped when PyTorch is not installed (it is only in the ``bench`` extra)."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +49,20 @@ def test_recipe_is_composed_as_exp_run_composes_it():
         bench_recipe_torch.recipe("cnn-fastest")
     with pytest.raises(PipelineError, match=r"-S train.epochs=0: train.epochs is 0"):
         bench_recipe_torch.recipe("cnn-fast", epochs=0)
+
+
+@pytest.mark.parametrize(("override", "refusal"), [
+    ("optimizer: sgd", "train.optimizer is 'sgd'; this benchmark runs adam"),
+    ("mirror_average: true", "train.mirror_average is true; this benchmark scores plain predictions only"),
+])
+def test_recipes_it_cannot_run_as_the_stage_does_are_refused(tmp_path, monkeypatch, override, refusal):
+    conf = tmp_path / "conf"
+    shutil.copytree(bench_recipe_torch.CONF, conf)
+    (conf / "train" / "other.yaml").write_text(f"defaults:\n  - cnn-fast\n  - _self_\n{override}\n")
+    monkeypatch.setattr(bench_recipe_torch, "CONF", conf)
+    assert bench_recipe_torch.recipe("cnn-fast")["epochs"] == 6  # the copied recipes compose as before
+    with pytest.raises(PipelineError, match=f"--config other: {re.escape(refusal)}"):
+        bench_recipe_torch.recipe("other")
 
 
 def test_cnn_starts_from_the_projects_weights(prepared):
