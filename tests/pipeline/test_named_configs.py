@@ -86,7 +86,7 @@ def test_exp_run_picks_a_recipe_by_name(tmp_path):
 
 
 # The recipe of the committee's members (committee/params.yaml), written out there as composed here.
-COMMITTEE_RECIPE = "cnn"
+COMMITTEE_RECIPE = "cnn-long"
 
 
 def test_committee_members_follow_their_recipe(tmp_path):
