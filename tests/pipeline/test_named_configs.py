@@ -50,6 +50,9 @@ def test_every_recipe_composes_into_valid_params(tmp_path, recipe):
 def test_recipes_hold_the_readme_configurations(tmp_path):
     cnn = load_params(compose(tmp_path, ["train=cnn"]))
     assert (cnn["train"]["model"], cnn["train"]["hidden"], cnn["train"]["epochs"]) == ("cnn", [256], 16)
+    long = load_params(compose(tmp_path, ["train=cnn-long"]))
+    assert long["train"].pop("epochs") == 30 and cnn["train"].pop("epochs") == 16
+    assert long == cnn  # the same CNN, only trained longer
     fashion = load_params(compose(tmp_path, ["train=fashion-cnn"]))
     assert fashion["fetch"]["dataset"] == "fashion-mnist" and fashion["train"]["dropout"] == 0.4
     assert fashion["train"]["augment"]["rotation"] == 0
